@@ -1,0 +1,120 @@
+"""Interpreter over the graphc IR (the shape of torch.fx's Interpreter, for a graph of ONNX ops)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import ExecutionError, GraphcError
+from ...ir.graph import Graph, Node, node_reads
+from ...ops import OpContext, lookup
+from ...plan import Plan
+
+
+@dataclass
+class _Step:
+    node: Node
+    ctx: OpContext
+    inputs: list  # Value or None
+    outputs: list  # Value or None
+    frees: list  # Values whose last reader is this step
+    has_subgraphs: bool
+
+
+class _Env(dict):
+    """Values by id; a subgraph's environment falls back to its enclosing graph's (outer-scope reads)."""
+
+    def __init__(self, parent: "_Env | None" = None):
+        super().__init__()
+        self.parent = parent
+
+    def __missing__(self, key):
+        if self.parent is None:
+            raise KeyError(key)
+        return self.parent[key]
+
+
+class _Program:
+    """One graph prepared for repeated execution: op contexts resolved, frees computed once."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.steps: list[_Step] = []
+        keep = {id(v) for v in graph.outputs}
+        last_reader: dict[int, int] = {}
+        for i, node in enumerate(graph.nodes):
+            for v in node_reads(node):
+                last_reader[id(v)] = i
+        frees_at: dict[int, list] = {}
+        local = {id(v) for v in graph.values() if not v.is_constant}
+        for node in graph.nodes:
+            for v in node_reads(node):
+                if id(v) in local and id(v) not in keep:
+                    frees_at.setdefault(last_reader[id(v)], {})[id(v)] = v
+        for i, node in enumerate(graph.nodes):
+            opdef = lookup(node.domain, node.op_type)
+            if opdef is None:
+                raise ExecutionError(f"no reference kernel for {node.op_type}")
+            self.steps.append(_Step(node, OpContext(node, opdef), list(node.inputs), list(node.outputs),
+                                    list(frees_at.get(i, {}).values()), bool(node.subgraphs())))
+        self.subprograms: dict[int, _Program] = {}
+
+    def subprogram(self, graph: Graph) -> "_Program":
+        prog = self.subprograms.get(id(graph))
+        if prog is None:
+            prog = self.subprograms[id(graph)] = _Program(graph)
+        return prog
+
+    def run(self, inputs: list, parent_env: _Env | None = None) -> list:
+        graph = self.graph
+        env = _Env(parent_env)
+        if len(inputs) != len(graph.inputs):
+            raise ExecutionError(f"graph {graph.name!r} takes {len(graph.inputs)} inputs, got {len(inputs)}")
+        for v, x in zip(graph.inputs, inputs):
+            env[id(v)] = x
+        for v in graph.initializers.values():
+            env[id(v)] = v.const
+        for step in self.steps:
+            args = [env[id(v)] if v is not None else None for v in step.inputs]
+            ctx = step.ctx
+            if step.has_subgraphs:
+                ctx = copy.copy(ctx)
+                ctx.subgraph_runner = lambda g, xs, _env=env: self.subprogram(g).run(list(xs), _env)
+            results = self._call(step, ctx, args)
+            for v, r in zip(step.outputs, results):
+                if v is not None:
+                    env[id(v)] = r
+            for v in step.frees:
+                env.pop(id(v), None)
+        return [env[id(v)] for v in graph.outputs]
+
+    @staticmethod
+    def _call(step: _Step, ctx: OpContext, args: list) -> list:
+        node = step.node
+        try:
+            out = ctx.opdef.compute(ctx, *args)
+        except GraphcError:
+            raise
+        except MemoryError:
+            raise ExecutionError(f"{node.op_type} node {node.name!r} ran out of memory") from None
+        except Exception as exc:
+            raise ExecutionError(f"{node.op_type} node {node.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(out, (list, tuple)):
+            out = [out]
+        return [np.asarray(r) if isinstance(r, np.generic) else r for r in out]
+
+
+class ReferenceExecutable:
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self._program = _Program(plan.graph)
+
+    def run(self, inputs: list) -> list:
+        with np.errstate(all="ignore"):
+            return self._program.run(list(inputs))
+
+
+def compile(plan: Plan) -> ReferenceExecutable:
+    return ReferenceExecutable(plan)

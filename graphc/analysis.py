@@ -1,0 +1,88 @@
+"""Static measures of a graph: FLOPs and bytes per node (from the registry's costs) and live memory.
+
+Symbolic dimensions are taken as 1 here (a batch of one); the report says so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from .ir.graph import Graph, Node, node_reads
+from .ir.types import TensorType
+from .ops import Cost, OpContext, lookup
+
+
+def concrete_bytes(t) -> int:
+    """Bytes of a tensor type with symbolic dims taken as 1 (0 when unknown)."""
+    if not isinstance(t, TensorType) or t.shape is None or t.dtype is None:
+        return 0
+    n = 1
+    for d in t.shape:
+        n *= d if isinstance(d, int) else 1
+    return n * t.dtype.itemsize
+
+
+def node_cost(node: Node) -> Cost:
+    opdef = lookup(node.domain, node.op_type)
+    if opdef is None:
+        return Cost()
+    try:
+        return opdef.cost(OpContext(node, opdef))
+    except Exception:  # a cost rule should never stop a report; unknown shapes give no estimate
+        return Cost()
+
+
+@dataclass
+class MemoryEstimate:
+    lower_bound_bytes: int  # max over the schedule of bytes live at once (LOAD)
+    naive_bytes: int        # every input and intermediate in its own buffer, nothing reused
+    weights_bytes: int
+    peak_step: int          # index in the schedule where LOAD is reached
+
+
+def memory_estimate(graph: Graph) -> MemoryEstimate:
+    """Liveness over ``graph.nodes``: an intermediate lives from its producer to its last reader."""
+    last_reader: dict[int, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in node_reads(node):
+            last_reader[id(v)] = i
+    end = len(graph.nodes)
+    for v in graph.outputs:
+        last_reader[id(v)] = end
+    live = 0
+    peak, peak_step, naive = 0, 0, 0
+    dying: dict[int, int] = Counter()
+    for v in graph.inputs:
+        size = concrete_bytes(v.type)
+        naive += size
+        live += size
+        dying[last_reader.get(id(v), -1)] += size
+    for i, node in enumerate(graph.nodes):
+        for out in node.outputs:
+            if out is None:
+                continue
+            size = concrete_bytes(out.type)
+            naive += size
+            live += size
+            dying[max(last_reader.get(id(out), i), i)] += size
+        if live > peak:
+            peak, peak_step = live, i
+        live -= dying.pop(i, 0)
+    weights = sum(v.const.nbytes for v in graph.initializers.values() if hasattr(v.const, "nbytes"))
+    return MemoryEstimate(peak, naive, weights, peak_step)
+
+
+def flops_by_op(graph: Graph) -> Counter:
+    out: Counter = Counter()
+    for node in graph.walk():
+        out[node.op_type] += node_cost(node).flops
+    return out
+
+
+def count_ops(graph: Graph) -> Counter:
+    return Counter(node.op_type for node in graph.walk())
+
+
+def parameter_count(graph: Graph) -> int:
+    return sum(int(v.const.size) for v in graph.initializers.values() if hasattr(v.const, "size"))

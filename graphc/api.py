@@ -1,0 +1,33 @@
+"""The public Python surface: :func:`compile` and :func:`load`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .compiled import CompiledModel
+from .errors import OptionError
+from .options import CompileOptions
+
+
+def compile(model: Any, *, target: str | None = None, devices: Any = None, precision: str = "fp32",
+            **options: Any) -> CompiledModel:
+    """Compile a model for a target.
+
+    ``model`` is a path to an .onnx file, an ``onnx.ModelProto``, ONNX bytes, ``"zoo:NAME"`` (a light model
+    bundled with the onnx package, see :mod:`graphc.zoo`), or a ``torch.nn.Module`` with ``example_inputs=``.
+    ``target`` is ``"llvm"``, ``"cuda"`` or ``"reference"``; None picks the best one this build has.
+    """
+    from .pipeline import compile_model
+
+    opts = CompileOptions.build(target=target, devices=devices, precision=precision, **options)
+    return compile_model(model, opts)
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """Load an artifact written by :meth:`CompiledModel.save` or ``graphc compile -o``."""
+    from .artifact import load_artifact
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise OptionError(f"graphc.load takes a path, got {type(path).__name__}")
+    return load_artifact(path)

@@ -1,0 +1,5 @@
+"""Frontends: turning models from the outside world into graphc IR."""
+
+from .onnx_import import check_model_proto, import_onnx, load_model_proto, load_onnx
+
+__all__ = ["check_model_proto", "import_onnx", "load_model_proto", "load_onnx"]

@@ -1,0 +1,1 @@
+"""Ops: attention (being written)."""

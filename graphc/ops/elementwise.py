@@ -1,0 +1,1 @@
+"""Ops: elementwise (being written)."""

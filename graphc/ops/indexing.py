@@ -1,0 +1,1 @@
+"""Ops: indexing (being written)."""

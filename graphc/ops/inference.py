@@ -1,0 +1,61 @@
+"""Type and shape inference over a whole graph with the registry's rules.
+
+The ONNX importer seeds value types from the model (declared types and ONNX's own shape inference); this pass
+then applies graphc's rule of every op, in topological order. A rule's result wins where it knows more (a static
+or symbolic dim where the seed had none); where it returns None the seed stays.
+"""
+
+from __future__ import annotations
+
+from ..errors import GraphcError, ShapeInferenceError
+from ..ir.graph import Graph
+from ..ir.types import TensorType, Type
+from .registry import OpContext, lookup
+
+
+def merge_types(seed: Type, rule: Type | None) -> Type:
+    """The more specific of two types for the same value."""
+    if rule is None:
+        return seed
+    if not isinstance(seed, TensorType) or not isinstance(rule, TensorType):
+        return rule if seed is None or getattr(seed, "dtype", 1) is None else seed
+    dtype = rule.dtype if rule.dtype is not None else seed.dtype
+    if rule.shape is None:
+        return TensorType(dtype, seed.shape)
+    if seed.shape is None or len(seed.shape) != len(rule.shape):
+        return TensorType(dtype, rule.shape)
+    dims = []
+    for s, r in zip(seed.shape, rule.shape):
+        # a static dim beats a symbolic one, which beats an unknown one
+        if isinstance(r, int) or r is not None and not isinstance(s, int):
+            dims.append(r)
+        else:
+            dims.append(s)
+    return TensorType(dtype, tuple(dims))
+
+
+def infer_node(node) -> None:
+    opdef = lookup(node.domain, node.op_type)
+    if opdef is None:
+        return
+    try:
+        ctx = OpContext(node, opdef)
+        types = opdef.infer(ctx)
+    except GraphcError:
+        raise
+    except Exception as exc:  # a rule tripping over a malformed node: report it as the model's fault
+        raise ShapeInferenceError(
+            f"{node.op_type} node {node.name!r}: cannot infer output types ({type(exc).__name__}: {exc})") from exc
+    if not types:
+        return
+    for out, t in zip(node.outputs, types):
+        if out is not None:
+            out.type = merge_types(out.type, t)
+
+
+def infer_types(graph: Graph) -> None:
+    """Apply every op's shape rule over ``graph`` and its subgraphs, in order."""
+    for node in graph.nodes:
+        for sub in node.subgraphs():
+            infer_types(sub)
+        infer_node(node)

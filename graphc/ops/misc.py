@@ -1,0 +1,1 @@
+"""Ops: misc (being written)."""

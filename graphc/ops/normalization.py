@@ -1,0 +1,1 @@
+"""Ops: normalization (being written)."""

@@ -1,0 +1,1 @@
+"""Ops: quantize (being written)."""

@@ -1,0 +1,1 @@
+"""Ops: tensor (being written)."""

@@ -1,0 +1,98 @@
+"""Compile options: validated once, at the API boundary, with messages a user can act on."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import OptionError
+
+PRECISIONS = ("fp32", "mixed", "int8")
+
+
+def default_target() -> str:
+    from .backends import available_targets
+
+    targets = available_targets()
+    return "llvm" if "llvm" in targets else "reference"
+
+
+@dataclass
+class CompileOptions:
+    target: str
+    devices: list[str]
+    precision: str = "fp32"
+    threads: int = 0  # 0: all cores
+    verify: bool = False  # run the IR verifier after every pass
+    passes: list[str] = field(default_factory=list)  # extra (plugin) passes appended to the pipeline
+    example_inputs: Any = None  # for torch modules
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, *, target: str | None = None, devices: Any = None, precision: str = "fp32",
+              threads: int | None = None, verify: bool | None = None, passes: list[str] | None = None,
+              example_inputs: Any = None, **extra: Any) -> "CompileOptions":
+        from .backends import KNOWN_TARGETS
+
+        target = target or default_target()
+        if target not in KNOWN_TARGETS:
+            raise OptionError(f"unknown target {target!r}; choose one of {', '.join(KNOWN_TARGETS)}")
+        if precision not in PRECISIONS:
+            raise OptionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if precision != "fp32":
+            raise OptionError(f"precision={precision!r} is not implemented yet in this version; use 'fp32'")
+        device_list = parse_devices(devices, target)
+        if len(device_list) > 1:
+            raise OptionError(f"devices={devices!r}: multi-device execution is not implemented yet in this "
+                              "version; use one device")
+        if threads is None:
+            threads = 0
+        if not isinstance(threads, int) or threads < 0:
+            raise OptionError(f"threads must be a non-negative integer (0 = all cores), got {threads!r}")
+        if verify is None:
+            verify = os.environ.get("GRAPHC_VERIFY", "") not in ("", "0")
+        unknown = sorted(extra)
+        if unknown:
+            raise OptionError(f"unknown compile option(s): {', '.join(unknown)}")
+        return cls(target=target, devices=device_list, precision=precision, threads=threads, verify=bool(verify),
+                   passes=list(passes or []), example_inputs=example_inputs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "devices": self.devices, "precision": self.precision,
+                "threads": self.threads, "passes": self.passes}
+
+
+def parse_devices(devices: Any, target: str) -> list[str]:
+    """``None`` / ``"cpu:0,cpu:1"`` / ``"cuda:0-7"`` / an int count -> a list of device names."""
+    kind = "cuda" if target == "cuda" else "cpu"
+    if devices is None:
+        return [f"{kind}:0"]
+    if isinstance(devices, bool):
+        raise OptionError(f"devices must be a string, a list or a count, got {devices!r}")
+    if isinstance(devices, int):
+        if devices < 1:
+            raise OptionError(f"devices must be at least 1, got {devices}")
+        return [f"{kind}:{i}" for i in range(devices)]
+    if isinstance(devices, (list, tuple)):
+        items = [str(d) for d in devices]
+    elif isinstance(devices, str):
+        items = [d.strip() for d in devices.split(",") if d.strip()]
+    else:
+        raise OptionError(f"devices must be a string, a list or a count, got {type(devices).__name__}")
+    out: list[str] = []
+    for item in items:
+        name, _, index = item.partition(":")
+        if name not in ("cpu", "cuda"):
+            raise OptionError(f"unknown device {item!r}: expected cpu:N or cuda:N (or a range like cuda:0-7)")
+        if not index:
+            out.append(f"{name}:0")
+            continue
+        lo, _, hi = index.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise OptionError(f"bad device index in {item!r}: expected a number or a range like 0-7")
+        for i in range(int(lo), int(hi or lo) + 1):
+            out.append(f"{name}:{i}")
+    if not out:
+        raise OptionError(f"devices={devices!r} names no device")
+    return out

@@ -1,0 +1,38 @@
+"""The compile pipeline: source -> ONNX -> IR -> passes -> plan -> backend executable."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .compiled import CompiledModel
+from .frontend import import_onnx
+from .options import CompileOptions
+from .plan import Plan
+from .sources import resolve_model
+
+
+def compile_model(model: Any, opts: CompileOptions) -> CompiledModel:
+    start = time.perf_counter()
+    proto, base_dir, source = resolve_model(model, opts.example_inputs)
+    return compile_proto(proto, base_dir, source, opts, start)
+
+
+def compile_proto(proto, base_dir, source: str, opts: CompileOptions, start: float | None = None) -> CompiledModel:
+    from .backends import get_backend
+    from .passes import PassContext, PassManager, resolve_pipeline
+
+    start = time.perf_counter() if start is None else start
+    backend = get_backend(opts.target)
+    graph = import_onnx(proto, base_dir)
+    imported_nodes = sum(1 for _ in graph.walk())
+    options = opts.to_json()
+    ctx = PassContext(target=opts.target, precision=opts.precision, devices=opts.devices, options=options,
+                      verify=opts.verify or None, properties={"shapes_inferred"})
+    pipeline = resolve_pipeline(opts.target, {**options, "passes": opts.passes or None})
+    PassManager(pipeline, verify=ctx.verify).run(graph, ctx)
+    plan = Plan(graph=graph, target=opts.target, options=options,
+                decisions=[d.to_dict() for d in ctx.decisions])
+    executable = backend.compile(plan)
+    return CompiledModel(plan=plan, executable=executable, source_model=proto, source=source, options=opts,
+                         imported_nodes=imported_nodes, compile_seconds=time.perf_counter() - start)

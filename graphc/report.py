@@ -1,0 +1,34 @@
+"""``CompiledModel.report()``: what graphc did to a model, as a plain dict (stable keys, see DESIGN.md)."""
+
+from __future__ import annotations
+
+from .analysis import count_ops, flops_by_op, memory_estimate, parameter_count
+from .plan import Plan
+
+
+def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dict:
+    graph = plan.graph
+    mem = memory_estimate(graph)
+    flops = flops_by_op(graph)
+    fallback = plan.options.get("fallback_ops", [])
+    return {
+        "target": plan.target,
+        "nodes": imported_nodes,
+        "kernels": len(graph.nodes),
+        "fallback_ops": sorted(set(fallback)),
+        "ops": dict(sorted(count_ops(graph).items())),
+        "flops": int(sum(flops.values())),
+        "flops_by_op": {k: int(v) for k, v in sorted(flops.items()) if v},
+        "params": parameter_count(graph),
+        "memory": {
+            # the reference backend allocates each tensor separately and frees it after its last reader,
+            # so what it holds at its peak is exactly the liveness lower bound
+            "arena_bytes": mem.lower_bound_bytes,
+            "lower_bound_bytes": mem.lower_bound_bytes,
+            "naive_bytes": mem.naive_bytes,
+            "weights_bytes": mem.weights_bytes,
+            "symbolic_dims_as": 1,
+        },
+        "passes": list(plan.decisions),
+        "compile_seconds": round(compile_seconds, 4),
+    }

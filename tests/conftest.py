@@ -1,0 +1,6 @@
+import os
+import sys
+
+# the tests import helpers as tests.*; make the repo root importable however pytest is started
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("GRAPHC_VERIFY", "1")  # the IR verifier runs after every pass in tests

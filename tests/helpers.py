@@ -1,0 +1,35 @@
+"""Small ONNX model builders shared by tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def mlp_model(batch="N", features=4, hidden=5, classes=3, seed=0, opset=17) -> onnx.ModelProto:
+    """x[N,4] -> MatMul -> Add -> Relu -> MatMul -> Softmax, weights seeded."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((features, hidden)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="bias1"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="relu1"),
+        helper.make_node("MatMul", ["h2", "w2"], ["logits"], name="fc2"),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax"),
+    ]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])],
+                              [w1, b1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def mlp_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The MLP computed directly with numpy (an oracle independent of graphc's op code)."""
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    h = np.maximum(x @ w["w1"] + w["b1"], 0)
+    logits = h @ w["w2"]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
