@@ -30,9 +30,9 @@ def compile_proto(proto, base_dir, source: str, opts: CompileOptions, start: flo
     ctx = PassContext(target=opts.target, precision=opts.precision, devices=opts.devices, options=options,
                       verify=opts.verify or None, properties={"shapes_inferred"})
     pipeline = resolve_pipeline(opts.target, {**options, "passes": opts.passes or None})
-    PassManager(pipeline, verify=ctx.verify).run(graph, ctx)
+    result = PassManager(pipeline, verify=ctx.verify).run(graph, ctx)
     plan = Plan(graph=graph, target=opts.target, options=options,
-                decisions=[d.to_dict() for d in ctx.decisions])
+                decisions=[d.to_dict() for d in ctx.decisions], pipeline=result.to_dict())
     executable = backend.compile(plan)
     return CompiledModel(plan=plan, executable=executable, source_model=proto, source=source, options=opts,
                          imported_nodes=imported_nodes, compile_seconds=time.perf_counter() - start)

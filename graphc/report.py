@@ -30,5 +30,6 @@ def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dic
             "symbolic_dims_as": 1,
         },
         "passes": list(plan.decisions),
+        "pipeline": plan.pipeline,
         "compile_seconds": round(compile_seconds, 4),
     }

@@ -89,6 +89,8 @@ def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
         else:
             values = rng.standard_normal(shape) * 0.1
         graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), out))
+        if model.ir_version < 4:  # before IR 4 every initializer must also be listed as a graph input
+            graph.input.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, shape))
     del graph.node[:]
     graph.node.extend(kept)
     return model

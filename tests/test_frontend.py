@@ -122,3 +122,17 @@ def test_redefined_value_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
     with pytest.raises(InvalidModelError):
         load_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_models_over_the_protobuf_limit_keep_external_data(tmp_path, monkeypatch):
+    """Past 2 GB the checker and ONNX inference cannot see the model whole; import must still work.
+
+    The limit is lowered so that a small model takes that path.
+    """
+    from graphc.frontend import onnx_import
+
+    monkeypatch.setattr(onnx_import, "_TWO_GB", 64)
+    np.arange(12, dtype=np.float32).tofile(tmp_path / "weights.bin")
+    model = graphc.compile(_external(tmp_path, "weights.bin"), target="reference")
+    y = model.run({"x": np.ones((2, 4), np.float32)})["y"]
+    assert y.shape == (2, 3) and y[0, 0] == 0 + 3 + 6 + 9

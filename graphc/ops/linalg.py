@@ -96,9 +96,10 @@ class MatMul(OpDef):
         """2*M*N*K per output matrix: 2 * (output elements) * K."""
         read, written = _read_written(ctx)
         types = self.infer(ctx)
-        ta = ctx.input_type(0)
-        k = ta.shape[-1] if ta.shape else None
-        n_out = dims_product(types[0].shape) if types else None
+        if not types or types[0].shape is None or not ctx.input_type(0).shape:
+            return Cost(0, read, written)
+        k = ctx.input_type(0).shape[-1]
+        n_out = dims_product(types[0].shape)
         flops = 2 * n_out * k if isinstance(k, int) and n_out is not None else 0
         return Cost(flops, read, written)
 
@@ -151,7 +152,8 @@ class Gemm(OpDef):
     def cost(self, ctx):
         read, written = _read_written(ctx)
         mnk = self._mnk(ctx)
-        flops = 2 * dims_product(mnk) if mnk is not None and dims_product(mnk) is not None else 0
+        size = None if mnk is None else dims_product(mnk)
+        flops = 0 if size is None else 2 * size
         return Cost(flops, read, written)
 
 

@@ -46,8 +46,9 @@ def _log_sum_exp(x, axes, keepdims):
 
 def _extreme(ufunc, identity):
     def reduce(x, axes, keepdims):
-        initial = identity(x.dtype) if x.size == 0 else np._NoValue
-        return ufunc.reduce(x, axis=axes, keepdims=keepdims, initial=initial)
+        if x.size == 0:  # numpy has no identity for max/min: supply it
+            return ufunc.reduce(x, axis=axes, keepdims=keepdims, initial=identity(x.dtype))
+        return ufunc.reduce(x, axis=axes, keepdims=keepdims)
     return reduce
 
 
@@ -83,7 +84,8 @@ class _Reduce(OpDef):
         if axes == []:
             return x
         axes = tuple(range(x.ndim)) if axes is None else tuple(sorted({a % x.ndim for a in axes}))
-        y = self.fn(x.astype(compute_dtype(x.dtype), copy=False), axes, bool(ctx.attr("keepdims")))
+        with np.errstate(divide="ignore"):  # log(0) = -inf is the right answer for the log-sums
+            y = self.fn(x.astype(compute_dtype(x.dtype), copy=False), axes, bool(ctx.attr("keepdims")))
         return np.asarray(y).astype(x.dtype, copy=False)
 
     def infer(self, ctx):

@@ -134,8 +134,10 @@ class OpDef:
     attrs: dict[str, Any] = {}
     #: FLOPs per output element, for the default cost
     flops_per_element: float = 0.0
-    #: opsets this definition implements (the ONNX "since" versions it understands); None = all
+    #: the lowest opset this definition implements
     min_opset: int = 1
+    #: True for ops whose effect is more than their outputs (none in ONNX inference); DCE keeps them
+    side_effects: bool = False
 
     def infer(self, ctx: OpContext) -> list[Type | None] | None:
         return None

@@ -18,7 +18,8 @@ class Plan:
     graph: Graph
     target: str
     options: dict[str, Any] = field(default_factory=dict)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # what the passes decided, and why
+    pipeline: dict[str, Any] = field(default_factory=dict)  # which passes ran, changed flags, timings
 
     @property
     def schedule(self) -> list[Node]:

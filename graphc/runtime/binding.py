@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import InputError
-from ..ir.types import SequenceType, TensorType, Type
+from ..ir.types import OptionalType, SequenceType, TensorType, Type
 
 
 def _describe(array: np.ndarray) -> str:
@@ -31,11 +31,17 @@ def check_inputs(names: list[str], types: list[Type], feeds: Mapping[str, Any]) 
             parts.append(f"missing input(s) {missing}")
         if extra:
             parts.append(f"unknown input(s) {extra}")
-        raise InputError("; ".join(parts) + f"; the model takes {names}")
+        signature = ", ".join(f"{n}: {t}" for n, t in zip(names, types))
+        raise InputError("; ".join(parts) + f"; the model takes ({signature})")
     symbols: dict[str, tuple[int, str]] = {}
     values = []
     for name, expected in zip(names, types):
         value = feeds[name]
+        if isinstance(expected, OptionalType):
+            if value is None:  # an empty optional
+                values.append(None)
+                continue
+            expected = expected.elem
         if isinstance(expected, SequenceType):
             if not isinstance(value, (list, tuple)):
                 raise InputError(f"input {name!r}: expected a sequence (list of arrays), got {type(value).__name__}")

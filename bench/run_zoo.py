@@ -1,0 +1,128 @@
+"""Benchmark graphc against onnxruntime over the light model zoo and print a markdown table.
+
+    python bench/run_zoo.py                                  # all 9 models, all cores
+    python bench/run_zoo.py --models squeezenet,resnet50 --threads 4 --repeat 50 --weights random
+
+For each model both engines run in this process on the same seeded inputs with the same thread count (see
+:mod:`graphc.bench` for the method). The table gives median milliseconds, the ratio graphc/onnxruntime (below 1:
+graphc is faster), GFLOP/s of each, and whether the outputs agree; below it the geometric mean of the ratios
+over the models that ran, the exact command line, and the machine. A model graphc cannot compile yet is listed
+with its error and left out of the mean. The output is meant to be pasted into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+
+from graphc import zoo
+from graphc.bench import (DEFAULT_REPEAT, DEFAULT_WARMUP, WEIGHTS, BenchResult, bench, geometric_mean,
+                          import_onnxruntime, resolve_threads)
+from graphc.errors import GraphcError
+
+HEADER = ("| model | graphc ms | onnxruntime ms | ratio | graphc GFLOP/s | onnxruntime GFLOP/s | outputs |\n"
+          "|---|---:|---:|---:|---:|---:|---|")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(zoo.MODELS),
+                   help=f"comma-separated zoo model names (default: all: {','.join(zoo.MODELS)})")
+    p.add_argument("--threads", type=int, default=0, help="threads for both engines (default 0: all cores)")
+    p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"timed runs (default {DEFAULT_REPEAT})")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed runs (default {DEFAULT_WARMUP})")
+    p.add_argument("--target", choices=("llvm", "cuda", "reference"), default=None,
+                   help="graphc target (default: llvm when available)")
+    p.add_argument("--weights", choices=WEIGHTS, default="constant",
+                   help="constant (the zoo's own 0.02 fills) or seeded random weights (default constant)")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in zoo.MODELS]
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(zoo.MODELS)}")
+    return args
+
+
+def row(result: BenchResult) -> str:
+    g, o = result.graphc, result.ort
+    gflops = (lambda t: f"{t.gflops(result.flops):.2f}" if result.flops else "-")
+    agree = "agree" if result.agree else f"DIFFER (max rel {result.max_rel_err:.2g})"
+    return (f"| {result.model} | {g.median_ms:.2f} | {o.median_ms:.2f} | {result.ratio:.2f} | {gflops(g)} | "
+            f"{gflops(o)} | {agree} |")
+
+
+def error_row(model: str, message: str) -> str:
+    message = " ".join(message.split()).replace("|", "\\|")
+    if len(message) > 160:
+        message = message[:157] + "..."
+    return f"| {model} | - | - | - | - | - | error: {message} |"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import graphc
+
+    args = parse_args(argv)
+    try:
+        ort = import_onnxruntime()
+    except GraphcError as exc:
+        print(f"run_zoo: {exc}", file=sys.stderr)
+        return 2
+    threads = resolve_threads(args.threads)
+    lines, ratios, targets = [HEADER], [], set()
+    for name in args.models:
+        started = time.perf_counter()
+        try:
+            result = bench(f"zoo:{name}", vs="onnxruntime", threads=threads, repeat=args.repeat,
+                           warmup=args.warmup, target=args.target, weights=args.weights, name=name)
+        except GraphcError as exc:
+            lines.append(error_row(name, str(exc)))
+            print(f"{name}: error: {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:  # a graphc bug: record it and go on with the other models
+            lines.append(error_row(name, f"internal error: {type(exc).__name__}: {exc}"))
+            print(f"{name}: internal error:", file=sys.stderr)
+            traceback.print_exc()
+            continue
+        lines.append(row(result))
+        ratios.append(result.ratio)
+        targets.add(result.target)
+        print(f"{name}: ratio {result.ratio:.2f} ({time.perf_counter() - started:.1f}s)", file=sys.stderr)
+    gmean = geometric_mean(ratios)
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = "python " + shlex.join([os.path.relpath(__file__), *given])
+    print("\n".join(lines))
+    print()
+    if gmean is not None:
+        print(f"Geometric mean ratio graphc/onnxruntime over {len(ratios)} model(s): **{gmean:.2f}** "
+              "(below 1: graphc faster).")
+    else:
+        print("No model ran on both engines.")
+    print()
+    print(f"Command: `{command}`  ")
+    target = ",".join(sorted(targets)) or args.target or "default"
+    print(f"target={target}, threads={threads}, repeat={args.repeat}, warmup={args.warmup}, weights={args.weights}, "
+          f"graphc {graphc.__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}  ")
+    print(f"Machine: {machine()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
