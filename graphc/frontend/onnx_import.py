@@ -26,6 +26,7 @@ from ..ir.verify import verify
 from ..ops import lookup
 from ..ops.inference import infer_types
 from ..ops.registry import attribute_value
+from ..ops.tensor import constant_value
 from .external_data import read_external_tensor
 
 #: ONNX allows deep nesting of subgraphs; Python and protobuf do not, so deeper models are refused.
@@ -279,16 +280,10 @@ class _Importer:
     def _constant_value(self, attrs: dict, label: str) -> np.ndarray:
         if len(attrs) != 1:
             raise InvalidModelError(f"Constant node {label!r} must have exactly one value attribute, has {sorted(attrs)}")
-        (key, value), = attrs.items()
-        if key in ("value", "sparse_value"):
-            return value
-        if key in ("value_float", "value_int"):
-            return np.array(value, dtype=np.float32 if key == "value_float" else np.int64)
-        if key in ("value_floats", "value_ints"):
-            return np.array(value, dtype=np.float32 if key == "value_floats" else np.int64)
-        if key in ("value_string", "value_strings"):
-            return np.array(value, dtype=object)
-        raise InvalidModelError(f"Constant node {label!r} has unknown attribute {key!r}")
+        try:
+            return constant_value(attrs)
+        except (ValueError, TypeError) as exc:
+            raise InvalidModelError(f"Constant node {label!r}: {exc}") from None
 
     def _attribute(self, attr: onnx.AttributeProto, graph: Graph, scope, label: str) -> Any:
         kind = attr.type

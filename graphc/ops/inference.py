@@ -34,16 +34,21 @@ def merge_types(seed: Type, rule: Type | None) -> Type:
     return TensorType(dtype, tuple(dims))
 
 
-def infer_node(node) -> None:
+def infer_node(node, *, in_subgraph: bool = False) -> None:
     opdef = lookup(node.domain, node.op_type)
     if opdef is None:
         return
     try:
         ctx = OpContext(node, opdef)
         types = opdef.infer(ctx)
-    except GraphcError:
-        raise
-    except Exception as exc:  # a rule tripping over a malformed node: report it as the model's fault
+    except Exception as exc:
+        # A branch that is never taken may hold code that cannot be typed for this model's shapes (an If on
+        # the rank, say); whether it runs is only known at run time, so subgraphs keep their seed types.
+        if in_subgraph:
+            return
+        if isinstance(exc, GraphcError):
+            raise
+        # a rule tripping over a malformed node: report it as the model's fault
         raise ShapeInferenceError(
             f"{node.op_type} node {node.name!r}: cannot infer output types ({type(exc).__name__}: {exc})") from exc
     if not types:
@@ -58,4 +63,4 @@ def infer_types(graph: Graph) -> None:
     for node in graph.nodes:
         for sub in node.subgraphs():
             infer_types(sub)
-        infer_node(node)
+        infer_node(node, in_subgraph=graph.parent is not None)

@@ -114,16 +114,15 @@ def window_taps(xp: np.ndarray, win: Window):
         yield tap, xp[(slice(None), slice(None)) + sl]
 
 
-def window_infer(ctx: OpContext, channels, kernel, *, ceil_mode: bool = False, dtype=None) -> list:
-    """[TensorType(N, channels, *out)] for a windowed op over input 0."""
+def window_infer(ctx: OpContext, channels, kernel, *, ceil_mode: bool = False) -> list | None:
+    """[TensorType(N, channels, *out)] for a windowed op over input 0, in input 0's dtype."""
     tx = ctx.input_type(0)
     if tx is None:
         return None
-    dtype = tx.dtype if dtype is None else dtype
     if tx.shape is None or kernel is None:
-        return [TensorType(dtype, None)]
+        return [TensorType(tx.dtype, None)]
     win = window_geometry(ctx, tx.shape[2:], kernel, ceil_mode=ceil_mode)
-    return [TensorType(dtype, (tx.shape[0], channels) + win.out)]
+    return [TensorType(tx.dtype, (tx.shape[0], channels) + win.out)]
 
 
 def io_bytes(ctx: OpContext) -> tuple[int, int]:
@@ -199,13 +198,16 @@ class _ConvLike(OpDef):
 
     fusion = FusionClass.COMPLEX
     x_index, w_index = 0, 1
-    out_dtype = None  # None: x's dtype
+    out_dtype = None  # None: x's dtype, or that of input ``out_dtype_index`` when given
+    out_dtype_index = None
 
     def infer(self, ctx):
         tx, tw = ctx.input_type(self.x_index), ctx.input_type(self.w_index)
         if tx is None:
             return None
         dtype = self.out_dtype or tx.dtype
+        if self.out_dtype_index is not None and ctx.input_type(self.out_dtype_index) is not None:
+            dtype = ctx.input_type(self.out_dtype_index).dtype
         if tx.shape is None or tw is None or tw.shape is None:
             return [TensorType(dtype, None)]
         win = window_geometry(ctx, tx.shape[2:], _kernel(ctx, tw.shape))
@@ -255,6 +257,7 @@ class QLinearConv(_ConvLike):
     op_type = "QLinearConv"
     attrs = {"group": 1, "auto_pad": "NOTSET"}
     w_index = 3
+    out_dtype_index = 7  # y_zero_point
 
     def compute(self, ctx, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
         acc = _bias(_int_conv(ctx, x, x_zp, w, w_zp), b)
@@ -290,8 +293,9 @@ def _conv_transpose_geometry(ctx: OpContext, in_sizes, kernel):
             continue
         full = s * (n - 1) + op + (k - 1) * d + 1  # the output with no padding removed
         if pads is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = out_shape[i] if out_shape else n * s
-            total = full - o
+            # SAME aims at in * stride, but never pads negatively (as onnx shape inference and onnxruntime)
+            total = full - out_shape[i] if out_shape else max(full - n * s, 0)
+            o = full - total
             begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
             out.append(o)
         else:
@@ -593,10 +597,9 @@ class RoiAlign(OpDef):
                 extent = np.maximum(extent, 1.0)
             bins = extent / (ow, oh)
             grid = [int(ratio) if ratio > 0 else int(np.ceil(e / o)) for e, o in zip(extent, (ow, oh))]
-            # sample coordinates along each axis: (bins, samples per bin)
+            # per axis (y then x): sample positions (bins, samples per bin), their low/high pixels and fraction
             axes = []
-            for k, (st, bsz, g, nb, limit) in enumerate(zip(start[::-1], bins[::-1], grid[::-1], (oh, ow),
-                                                            (height, width))):
+            for st, bsz, g, nb, limit in zip(start[::-1], bins[::-1], grid[::-1], (oh, ow), (height, width)):
                 pos = st + np.arange(nb)[:, None] * bsz + (np.arange(g)[None, :] + 0.5) * bsz / max(g, 1)
                 inside = (pos >= -1.0) & (pos <= limit)
                 pos = np.maximum(pos, 0)
@@ -608,14 +611,11 @@ class RoiAlign(OpDef):
                 axes.append((low, high, frac, inside))
             (yl, yh, fy, iny), (xl, xh, fx, inx) = axes
             img = xf[int(bi)]
-            # corners: (C, oh, gy, ow, gx)
-            def at(yi, xi):
-                return img[:, yi[:, :, None, None], xi[None, None, :, :]]
-            wy = [(1 - fy), fy]
-            wx = [(1 - fx), fx]
-            valid = (iny[:, :, None, None] & inx[None, None, :, :]).astype(np.float64)
-            terms = [at(yi, xi) * (wy[a][:, :, None, None] * wx[b][None, None, :, :] * valid)
-                     for a, yi in enumerate((yl, yh)) for b, xi in enumerate((xl, xh))]
+            valid = iny[:, :, None, None] & inx[None, None, :, :]
+            # the 4 weighted corner terms, each (C, oh, samples_y, ow, samples_x)
+            terms = [img[:, yi[:, :, None, None], xi[None, None, :, :]]
+                     * np.where(valid, wy[:, :, None, None] * wx[None, None, :, :], 0.0)
+                     for yi, wy in ((yl, 1 - fy), (yh, fy)) for xi, wx in ((xl, 1 - fx), (xh, fx))]
             if is_max:
                 y[r] = np.max(np.maximum.reduce(terms), axis=(2, 4))
             else:
@@ -643,7 +643,8 @@ def _source_coords(mode: str, out_len: int, in_len: int, scale: float, roi) -> n
     if mode == "half_pixel":
         return (y + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
-        return (y + 0.5) / scale - 0.5 if out_width != 1 else np.full(out_len, -0.5)
+        # the spec's 0 for a single output (the reference has -0.5; they differ for cubic only)
+        return (y + 0.5) / scale - 0.5 if out_len > 1 else np.zeros(out_len)
     if mode == "align_corners":
         return y * (in_len - 1) / (out_width - 1) if out_width != 1 else np.zeros(out_len)
     if mode == "half_pixel_symmetric":

@@ -7,7 +7,7 @@ seed; ``get_case(case_id)`` looks one up (the isolated runner uses it in a child
 Kinds (categories):
   truncated, byte_flip, multi_byte_flip, wrong_attr_type, bad_attr_value, dangling_input, duplicate_output,
   cycle, bad_dims, initializer_size, unknown_op, deep_subgraph, external_data, not_onnx, no_graph_or_opset,
-  bad_subgraph, type_mismatch, runtime_feed.
+  invalid_utf8, bad_subgraph, type_mismatch, runtime_feed, runtime_data.
 
 Only the byte-flip kinds may legitimately produce a valid model (a flip inside a float weight or a doc string);
 everything else is malformed by construction.
@@ -363,7 +363,6 @@ def _wrong_attr_types(cases: list[Case]) -> None:
 
 
 def _bad_attr_values(cases: list[Case]) -> None:
-    A = onnx.AttributeProto
     variants = [
         ("softmax", "mlp", helper.make_attribute("axis", 5)),
         ("softmax", "mlp", helper.make_attribute("axis", -7)),
@@ -392,7 +391,6 @@ def _bad_attr_values(cases: list[Case]) -> None:
         m = SEEDS["einsum"]()
         m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array(shape, np.int64), "shape"))
         cases.append(Case(f"bad_attr_value/einsum.reshape.shape={shape}", "bad_attr_value", m, _feeds("einsum")))
-    del A
 
 
 def _dangling(cases: list[Case]) -> None:
@@ -597,8 +595,8 @@ def _init_sizes(cases: list[Case]) -> None:
     cases.append(Case("initializer_size/mlp.b1_float_data_short", "initializer_size", m, _feeds("mlp"),
                       must_mention=("b1",)))
     m = SEEDS["mlp"]()
-    m.graph.initializer[1].CopyFrom(_with_dims(helper.make_tensor("b1", TensorProto.FLOAT, [5], [1.0, 2.0, 3.0, 4.0, 5.0]),
-                                               [3]))
+    longer = helper.make_tensor("b1", TensorProto.FLOAT, [5], [1.0, 2.0, 3.0, 4.0, 5.0])
+    m.graph.initializer[1].CopyFrom(_with_dims(longer, [3]))
     cases.append(Case("initializer_size/mlp.b1_float_data_long", "initializer_size", m, _feeds("mlp")))
     m = SEEDS["gemm"]()
     t = raw("axes", np.array([1], np.int64))
@@ -651,27 +649,41 @@ def _init_sizes(cases: list[Case]) -> None:
 
 
 def _unknown_ops(cases: list[Case]) -> None:
-    # several unknown ops at once, in the default domain, a custom domain and a subgraph: all must be listed
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
-        helper.make_node("FancyNorm", ["h0"], ["h1"], name="n1"),
-        helper.make_node("WarpDrive", ["h1"], ["h2"], domain="com.acme", name="n2"),
-        helper.make_node("Teleport", ["h2"], ["h3"], domain="com.acme", name="n3"),
-        helper.make_node("FancyNorm", ["h3"], ["probs"], name="n4"),
-    ]
-    m = _model(nodes, [_vi("x", shape=["N", 4])], [_vi("probs")], [_w("w1", (4, 3), 1)],
-               opsets=(("", OPSET), ("com.acme", 3)))
-    cases.append(Case("unknown_op/three_unknown_ops_two_domains", "unknown_op", m, _feeds("mlp"),
-                      expect="UnsupportedOpError", unsupported=("FancyNorm", "WarpDrive", "Teleport"),
+    # several unknown ops at once, in a custom domain and a subgraph: all must be listed
+    def three_unknown(default_domain_op: bool) -> onnx.ModelProto:
+        first = ("", "FancyNorm") if default_domain_op else ("com.acme", "FancyNorm")
+        nodes = [
+            helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
+            helper.make_node(first[1], ["h0"], ["h1"], domain=first[0], name="n1"),
+            helper.make_node("WarpDrive", ["h1"], ["h2"], domain="com.acme", name="n2"),
+            helper.make_node("Teleport", ["h2"], ["h3"], domain="com.acme", name="n3"),
+            helper.make_node(first[1], ["h3"], ["probs"], domain=first[0], name="n4"),
+        ]
+        return _model(nodes, [_vi("x", shape=["N", 4])], [_vi("probs", shape=["N", 3])], [_w("w1", (4, 3), 1)],
+                      opsets=(("", OPSET), ("com.acme", 3)))
+
+    cases.append(Case("unknown_op/three_unknown_ops_custom_domain", "unknown_op", three_unknown(False),
+                      _feeds("mlp"), expect="UnsupportedOpError", unsupported=("FancyNorm", "WarpDrive", "Teleport"),
                       must_mention=("com.acme",)))
-    then_g = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["t"], name="frob")], "then", [], [_vi("t")])
-    else_g = helper.make_graph([helper.make_node("Defrobnicate", ["x"], ["e"], name="defrob")], "else", [],
-                               [_vi("e")])
-    m = _model([helper.make_node("Quux", ["x"], ["q"], name="quux"),
-                helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="branch")],
-               [_vi("c", TensorProto.BOOL, []), _vi("x", shape=[2, 3])], [_vi("y"), _vi("q")])
-    cases.append(Case("unknown_op/unknown_ops_inside_subgraphs", "unknown_op", m, _feeds("if"),
-                      expect="UnsupportedOpError", unsupported=("Quux", "Frobnicate", "Defrobnicate")))
+    # the same with an op name ONNX does not know in the default domain: still all of them at once
+    cases.append(Case("unknown_op/three_unknown_ops_two_domains", "unknown_op", three_unknown(True), _feeds("mlp"),
+                      expect="UnsupportedOpError", unsupported=("FancyNorm", "WarpDrive", "Teleport")))
+
+    def in_subgraphs(domain: str) -> onnx.ModelProto:
+        then_g = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["t"], domain=domain, name="frob")],
+                                   "then", [], [_vi("t", shape=[2, 3])])
+        else_g = helper.make_graph([helper.make_node("Defrobnicate", ["x"], ["e"], domain=domain, name="defrob")],
+                                   "else", [], [_vi("e", shape=[2, 3])])
+        opsets = (("", OPSET),) + (((domain, 1),) if domain else ())
+        return _model([helper.make_node("Quux", ["x"], ["q"], domain=domain, name="quux"),
+                       helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="branch")],
+                      [_vi("c", TensorProto.BOOL, []), _vi("x", shape=[2, 3])],
+                      [_vi("y", shape=[2, 3]), _vi("q", shape=[2, 3])], opsets=opsets)
+
+    cases.append(Case("unknown_op/unknown_ops_inside_subgraphs", "unknown_op", in_subgraphs("com.acme"),
+                      _feeds("if"), expect="UnsupportedOpError", unsupported=("Quux", "Frobnicate", "Defrobnicate")))
+    cases.append(Case("unknown_op/unknown_default_domain_ops_inside_subgraphs", "unknown_op", in_subgraphs(""),
+                      _feeds("if"), expect="UnsupportedOpError", unsupported=("Quux", "Frobnicate", "Defrobnicate")))
     for op in ("NotARealOp", "matmul", "MATMUL", "Relu ", "", "Conv2D", "Dense"):
         m = SEEDS["mlp"]()
         m.graph.node[2].op_type = op
@@ -702,7 +714,7 @@ def _unknown_ops(cases: list[Case]) -> None:
                               [helper.make_node("Zorp", ["a"], ["b"], name="zorp")],
                               [helper.make_opsetid("", OPSET)])
     m = _model([helper.make_node("MyFn", ["x"], ["y"], domain="com.local", name="call")],
-               [_vi("x", shape=[2, 3])], [_vi("y")], opsets=(("", OPSET), ("com.local", 1)))
+               [_vi("x", shape=[2, 3])], [_vi("y", shape=[2, 3])], opsets=(("", OPSET), ("com.local", 1)))
     m.functions.append(fn)
     cases.append(Case("unknown_op/local_function_calls_unknown_op", "unknown_op", m, _feeds("einsum")))
 
@@ -865,6 +877,15 @@ def _no_graph(cases: list[Case]) -> None:
     cases.append(Case("no_graph_or_opset/mlp_default_opset_twice", "no_graph_or_opset", m, _feeds("mlp")))
 
 
+def _invalid_utf8(cases: list[Case]) -> None:
+    """ONNX strings must be UTF-8; protobuf (proto2) does not enforce it, so graphc must."""
+    data = seed_mlp().SerializeToString()
+    cases.append(Case("invalid_utf8/mlp.weight_name", "invalid_utf8", data.replace(b"w1", b"\xc3\x28"),
+                      _feeds("mlp")))
+    cases.append(Case("invalid_utf8/mlp.value_name", "invalid_utf8", data.replace(b"logits", b"log\xff\xfes"),
+                      _feeds("mlp")))
+
+
 def _bad_subgraphs(cases: list[Case]) -> None:
     m = SEEDS["if"]()
     node = m.graph.node[0]
@@ -995,6 +1016,52 @@ def _runtime(cases: list[Case]) -> None:
                       expect="InputError", must_mention=("N",)))
 
 
+def _runtime_data(cases: list[Case]) -> None:
+    """Well-formed models whose run-time data is hostile: ExecutionError (or InputError), never a crash."""
+    huge = 2 ** 40
+    I64 = TensorProto.INT64
+    # Expand / Reshape / ConstantOfShape / Range / Tile driven by a shape fed at run time
+    specs = [
+        ("expand_fed_huge_shape", [helper.make_node("Expand", ["x", "s"], ["y"], name="expand")],
+         [_vi("x", shape=[1]), _vi("s", I64, [2])], {"x": np.ones(1, np.float32), "s": np.array([huge, huge])}),
+        ("expand_fed_negative_shape", [helper.make_node("Expand", ["x", "s"], ["y"], name="expand")],
+         [_vi("x", shape=[1]), _vi("s", I64, [2])], {"x": np.ones(1, np.float32), "s": np.array([-3, 2])}),
+        ("reshape_fed_bad_shape", [helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")],
+         [_vi("x", shape=[2, 3]), _vi("s", I64, [2])], {"x": np.ones((2, 3), np.float32), "s": np.array([4, 4])}),
+        ("reshape_fed_huge_shape", [helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")],
+         [_vi("x", shape=[2, 3]), _vi("s", I64, [2])],
+         {"x": np.ones((2, 3), np.float32), "s": np.array([huge, huge])}),
+        ("constantofshape_fed_negative", [helper.make_node("ConstantOfShape", ["s"], ["y"], name="cos")],
+         [_vi("s", I64, [2])], {"s": np.array([-1, 4])}),
+        ("constantofshape_fed_huge", [helper.make_node("ConstantOfShape", ["s"], ["y"], name="cos")],
+         [_vi("s", I64, [2])], {"s": np.array([huge, huge])}),
+        ("tile_fed_huge_repeats", [helper.make_node("Tile", ["x", "r"], ["y"], name="tile")],
+         [_vi("x", shape=[2]), _vi("r", I64, [1])], {"x": np.ones(2, np.float32), "r": np.array([2 ** 62])}),
+        ("range_fed_huge", [helper.make_node("Range", ["a", "b", "d"], ["y"], name="range")],
+         [_vi("a", I64, []), _vi("b", I64, []), _vi("d", I64, [])],
+         {"a": np.array(0), "b": np.array(2 ** 62), "d": np.array(1)}),
+        ("constantofshape_fed_8GB_isolated", [helper.make_node("ConstantOfShape", ["s"], ["y"], name="cos")],
+         [_vi("s", I64, [1])], {"s": np.array([2 ** 31])}),
+        ("range_fed_zero_delta", [helper.make_node("Range", ["a", "b", "d"], ["y"], name="range")],
+         [_vi("a", I64, []), _vi("b", I64, []), _vi("d", I64, [])],
+         {"a": np.array(0), "b": np.array(10), "d": np.array(0)}),
+        ("if_cond_empty", [helper.make_node("If", ["c"], ["y"], name="branch", then_branch=_branch("then", "Add", "t"),
+                                            else_branch=_branch("else", "Mul", "e"))],
+         [_vi("c", TensorProto.BOOL, ["K"]), _vi("x", shape=[2, 3])],
+         {"c": np.zeros(0, bool), "x": np.ones((2, 3), np.float32)}),
+        ("loop_cond_empty", [helper.make_node("Loop", ["M", "cond", "acc0"], ["acc"], body=_loop_body(), name="loop")],
+         [_vi("M", I64, []), _vi("cond", TensorProto.BOOL, ["K"]), _vi("acc0", shape=[2]), _vi("x", shape=[2])],
+         {"M": np.array(2), "cond": np.zeros(0, bool), "acc0": np.ones(2, np.float32), "x": np.ones(2, np.float32)}),
+    ]
+    for label, nodes, inputs, feeds in specs:
+        elem = TensorProto.INT64 if label.startswith("range") else TensorProto.FLOAT
+        rank = {"tile": 1, "range": 1, "if_c": 2, "loop": 1}.get(label[:4].rstrip("_"), 2)
+        out = _vi(nodes[-1].output[0], elem, [f"d{i}" for i in range(rank)])
+        m = _model(nodes, inputs, [out])
+        isolate = "huge" in label or "isolated" in label  # allocations that must fail under a memory cap
+        cases.append(Case(f"runtime_data/{label}", "runtime_data", m, feeds, isolate=isolate))
+
+
 # ----------------------------------------------------------------------------------------------- the corpus
 
 def generate(seed: int = SEED) -> list[Case]:
@@ -1014,9 +1081,11 @@ def generate(seed: int = SEED) -> list[Case]:
     _external(cases)
     _not_onnx(cases, rng)
     _no_graph(cases)
+    _invalid_utf8(cases)
     _bad_subgraphs(cases)
     _type_mismatch(cases)
     _runtime(cases)
+    _runtime_data(cases)
     ids = [c.case_id for c in cases]
     dupes = {i for i in ids if ids.count(i) > 1}
     assert not dupes, f"duplicate case ids: {sorted(dupes)}"
