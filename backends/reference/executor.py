@@ -103,6 +103,9 @@ class _Program:
             raise ExecutionError(f"{node.op_type} node {node.name!r} failed: {type(exc).__name__}: {exc}") from exc
         if not isinstance(out, (list, tuple)):
             out = [out]
+        if len(out) < sum(v is not None for v in step.outputs):
+            raise ExecutionError(f"{node.op_type} node {node.name!r} produced {len(out)} output(s) where the model "
+                                 f"expects {len(step.outputs)}")
         return [np.asarray(r) if isinstance(r, np.generic) else r for r in out]
 
 

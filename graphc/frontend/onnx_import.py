@@ -64,6 +64,9 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
+        if "depth" in str(exc).lower():
+            raise ModelLoadError(f"model {where} nests messages too deep to parse (subgraphs nested beyond "
+                                 "protobuf's limit)") from None
         raise ModelLoadError(f"model {where} is not a valid ONNX protobuf (truncated or corrupted?): {exc}") from None
     if not model.HasField("graph"):
         raise ModelLoadError(f"model {where} holds no graph: not an ONNX model, or truncated")
@@ -87,19 +90,72 @@ def _subgraph_depth(graph: onnx.GraphProto) -> int:
     return deepest
 
 
+def _all_nodes(graph: onnx.GraphProto):
+    """Every node of a graph and its subgraphs, without recursion."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for node in g.node:
+            yield node
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)
+
+
+def opset_versions(model: onnx.ModelProto) -> dict[str, int]:
+    """{domain: version} of the model's opset imports ('' for ai.onnx), refusing duplicates and unknown versions."""
+    versions: dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        if domain in versions:
+            raise InvalidModelError(f"opset_import lists domain {domain or 'ai.onnx'!r} twice "
+                                    f"(versions {versions[domain]} and {entry.version})")
+        versions[domain] = int(entry.version)
+    newest = onnx.defs.onnx_opset_version()
+    if versions.get("", 0) > newest:
+        raise InvalidModelError(f"model imports ai.onnx opset {versions['']}, newer than the newest this graphc "
+                                f"knows ({newest})")
+    if "" in versions and versions[""] < 1:
+        raise InvalidModelError(f"model imports ai.onnx opset {versions['']}: opsets start at 1")
+    return versions
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """Every (domain, op_type, opset) in the model (subgraphs included) that the registry lacks."""
+    versions = opset_versions(model)
+    local = {(f.domain, f.name) for f in model.functions}
+    missing = set()
+    for node in _all_nodes(model.graph):
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if node.op_type == "Constant" and domain == "" or (node.domain, node.op_type) in local:
+            continue
+        if lookup(domain, node.op_type) is None:
+            missing.add((domain, node.op_type, versions.get(domain, 0)))
+    return sorted(missing)
+
+
 def check_model_proto(model: onnx.ModelProto) -> None:
-    """Structural validation (ONNX's checker), with its complaints turned into InvalidModelError."""
+    """Structural validation (ONNX's checker), with its complaints turned into InvalidModelError.
+
+    Unsupported ops are reported first, all of them, since the checker would stop at the first op it does
+    not know.
+    """
     depth = _subgraph_depth(model.graph)
     if depth > MAX_SUBGRAPH_DEPTH:
         raise InvalidModelError(f"subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels; refusing the model")
     if not model.opset_import:
         raise InvalidModelError("model declares no opset_import; cannot tell which op versions it uses")
+    missing = unsupported_ops(model)
+    if missing:
+        raise UnsupportedOpError(missing)
     if model.ByteSize() < _TWO_GB and not _external_tensors(model):
         try:
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InvalidModelError(f"the model is not valid ONNX: {first}") from None
+            message = " ".join(str(exc).split())[:600] or type(exc).__name__
+            raise InvalidModelError(f"the model is not valid ONNX: {message}") from None
         except Exception as exc:  # the checker's C++ layer can raise other types on odd input
             raise InvalidModelError(f"the model is not valid ONNX: {exc}") from None
 
@@ -153,6 +209,9 @@ def type_from_proto(tp: onnx.TypeProto | None) -> Type:
                 else:
                     dims.append(None)
             shape = tuple(dims)
+            static = [d for d in dims if isinstance(d, int)]
+            if static and float(np.prod([float(d) for d in static])) > MAX_ELEMENTS:
+                raise InvalidModelError(f"declared shape {dims} has more than 2^40 elements")
         return TensorType(dtype, shape)
     if kind == "sequence_type":
         return SequenceType(type_from_proto(tp.sequence_type.elem_type))
@@ -167,6 +226,8 @@ def tensor_to_array(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarra
     """A TensorProto's value as numpy, checking its size against its dims."""
     if any(d < 0 for d in tensor.dims):
         raise InvalidModelError(f"tensor {tensor.name!r} has negative dims {list(tensor.dims)}")
+    if tensor.data_type not in onnx.TensorProto.DataType.values() or tensor.data_type == 0:
+        raise InvalidModelError(f"tensor {tensor.name!r} has unknown data_type {tensor.data_type}")
     if int(np.prod([float(d) for d in tensor.dims])) > MAX_ELEMENTS:
         raise InvalidModelError(f"tensor {tensor.name!r} declares {list(tensor.dims)} elements: too large")
     try:
@@ -194,11 +255,17 @@ def sparse_to_array(sparse: onnx.SparseTensorProto, base_dir: str | None) -> np.
     return dense
 
 
+def _check_text(text, what: str) -> None:
+    # protobuf hands back bytes for strings that are not valid UTF-8
+    if not isinstance(text, str):
+        raise InvalidModelError(f"a {what} in the model is not valid UTF-8: {text!r}")
+
+
 class _Importer:
     def __init__(self, model: onnx.ModelProto, base_dir: str | None):
         self.model = model
         self.base_dir = base_dir
-        self.opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in model.opset_import}
+        self.opsets = opset_versions(model)
         if "" not in self.opsets:
             self.opsets[""] = 1
         self.seed_types = _infer_onnx_types(model)
@@ -216,6 +283,7 @@ class _Importer:
         declared = {vi.name: vi.type for vi in list(proto.value_info) + list(proto.output)}
 
         def define(name: str, value_maker) -> Value:
+            _check_text(name, "value name")
             if name in scope and scope[name].graph is graph:
                 raise InvalidModelError(f"value {name!r} is defined more than once in graph {proto.name!r}")
             v = value_maker()
@@ -244,6 +312,9 @@ class _Importer:
 
     def _add_node(self, graph: Graph, node_proto: onnx.NodeProto, index: int, scope, define, declared) -> None:
         domain = "" if node_proto.domain == "ai.onnx" else node_proto.domain
+        for text, what in [(node_proto.op_type, "op type"), (node_proto.name, "node name"),
+                           (node_proto.domain, "domain"), *((n, "value name") for n in node_proto.output)]:
+            _check_text(text, what)
         label = node_proto.name or f"{node_proto.op_type}_{index}"
         if domain not in self.opsets:
             raise InvalidModelError(f"node {label!r} uses domain {domain!r}, which the model does not import")

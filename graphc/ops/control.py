@@ -4,7 +4,8 @@ Subgraph attributes arrive as :class:`graphc.ir.Graph` objects. Values flowing t
 tensors, sequences (lists) or optionals (None when empty), so these ops always return a tuple of outputs and
 never inspect carried values beyond what their semantics need.
 
-Their output types depend on the subgraphs, which the importer types already, so ``infer`` returns None.
+Their ``infer`` rules check the subgraphs' signatures against the node (counts, and dtypes where both sides are
+known) so that a malformed model fails at compile time, and derive output types from the subgraphs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,30 @@ from .registry import FusionClass, OpContext, OpDef, register
 
 class _ControlFlow(OpDef):
     fusion = FusionClass.OPAQUE
+
+
+def _dtype(t) -> np.dtype | None:
+    return t.dtype if isinstance(t, TensorType) else None
+
+
+def _check_count(ctx: OpContext, what: str, got: int, want: int) -> None:
+    if got != want:
+        raise ctx.shape_error(f"{what} has {got}, the node needs {want}")
+
+
+def _check_same_dtype(ctx: OpContext, what: str, a, b) -> None:
+    da, db = _dtype(a), _dtype(b)
+    if da is not None and db is not None and da != db:
+        raise ctx.shape_error(f"{what}: {da.name} against {db.name}")
+
+
+def _join(a, b):
+    """The type of a value that is either ``a`` or ``b`` (If's outputs): dims kept where both agree."""
+    if not isinstance(a, TensorType) or not isinstance(b, TensorType) or a.dtype != b.dtype:
+        return None
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return TensorType(a.dtype, None)
+    return TensorType(a.dtype, tuple(x if x == y else None for x, y in zip(a.shape, b.shape)))
 
 
 def _stack_scan_outputs(ctx: OpContext, per_iteration: list[list], body: Graph, first: int, axes=None,
@@ -57,6 +82,17 @@ def _stack_scan_outputs(ctx: OpContext, per_iteration: list[list], body: Graph, 
 class If(_ControlFlow):
     op_type = "If"
 
+    def infer(self, ctx):
+        then_g, else_g = ctx.attrs.get("then_branch"), ctx.attrs.get("else_branch")
+        if not isinstance(then_g, Graph) or not isinstance(else_g, Graph):
+            raise ctx.shape_error("needs graph attributes then_branch and else_branch")
+        for name, branch in (("then_branch", then_g), ("else_branch", else_g)):
+            _check_count(ctx, f"{name}'s inputs", len(branch.inputs), 0)
+            _check_count(ctx, f"{name}'s outputs", len(branch.outputs), ctx.num_outputs)
+        for i, (a, b) in enumerate(zip(then_g.outputs, else_g.outputs)):
+            _check_same_dtype(ctx, f"output {i} differs between the branches", a.type, b.type)
+        return [_join(a.type, b.type) for a, b in zip(then_g.outputs, else_g.outputs)]
+
     def compute(self, ctx, cond):
         branch = ctx.attrs["then_branch"] if bool(np.asarray(cond).reshape(-1)[0]) else ctx.attrs["else_branch"]
         return tuple(ctx.run_subgraph(branch, []))
@@ -70,6 +106,31 @@ class Loop(_ControlFlow):
     """
 
     op_type = "Loop"
+
+    def infer(self, ctx):
+        body = ctx.attrs.get("body")
+        if not isinstance(body, Graph):
+            raise ctx.shape_error("needs a graph attribute 'body'")
+        carried = ctx.num_inputs - 2
+        if carried < 0:
+            raise ctx.shape_error("needs the inputs M and cond (either may be empty)")
+        _check_count(ctx, "the body's inputs (iteration, condition, carried values)", len(body.inputs), 2 + carried)
+        scans = len(body.outputs) - 1 - carried
+        if scans < 0:
+            raise ctx.shape_error(f"the body returns {len(body.outputs)} values, fewer than its condition and "
+                                  f"{carried} carried value(s)")
+        _check_count(ctx, "the node's outputs", ctx.num_outputs, carried + scans)
+        for i in range(carried):
+            value_in = ctx.node.inputs[2 + i]
+            _check_same_dtype(ctx, f"carried value {i} changes dtype in the body",
+                              value_in.type if value_in is not None else None, body.outputs[1 + i].type)
+        types = [TensorType(_dtype(body.outputs[1 + i].type), None) if _dtype(body.outputs[1 + i].type) else None
+                 for i in range(carried)]
+        for k in range(scans):
+            t = body.outputs[1 + carried + k].type
+            shape = None if not isinstance(t, TensorType) or t.shape is None else (None,) + tuple(t.shape)
+            types.append(TensorType(_dtype(t), shape) if _dtype(t) is not None else None)
+        return types
 
     def compute(self, ctx, max_trip=None, cond=None, *carried):
         body = ctx.attrs["body"]

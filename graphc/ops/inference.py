@@ -11,6 +11,7 @@ from ..errors import GraphcError, ShapeInferenceError
 from ..ir.graph import Graph
 from ..ir.types import TensorType, Type
 from .registry import OpContext, lookup
+from .type_constraints import check_input_types
 
 
 def merge_types(seed: Type, rule: Type | None) -> Type:
@@ -26,6 +27,8 @@ def merge_types(seed: Type, rule: Type | None) -> Type:
         return TensorType(dtype, rule.shape)
     dims = []
     for s, r in zip(seed.shape, rule.shape):
+        if isinstance(s, int) and isinstance(r, int) and s != r:
+            raise ShapeInferenceError(f"declared shape {seed} contradicts the computed {rule}")
         # a static dim beats a symbolic one, which beats an unknown one
         if isinstance(r, int) or r is not None and not isinstance(s, int):
             dims.append(r)
@@ -39,6 +42,7 @@ def infer_node(node, *, in_subgraph: bool = False) -> None:
     if opdef is None:
         return
     try:
+        check_input_types(node)
         ctx = OpContext(node, opdef)
         types = opdef.infer(ctx)
     except Exception as exc:
@@ -47,7 +51,13 @@ def infer_node(node, *, in_subgraph: bool = False) -> None:
         if in_subgraph:
             return
         if isinstance(exc, GraphcError):
-            raise
+            if node.name and node.name in str(exc):
+                raise
+            try:
+                named = type(exc)(f"{node.op_type} node {node.name!r}: {exc}")
+            except TypeError:  # an error class with a structured constructor names its subject itself
+                raise exc from None
+            raise named from exc
         # a rule tripping over a malformed node: report it as the model's fault
         raise ShapeInferenceError(
             f"{node.op_type} node {node.name!r}: cannot infer output types ({type(exc).__name__}: {exc})") from exc
@@ -55,7 +65,10 @@ def infer_node(node, *, in_subgraph: bool = False) -> None:
         return
     for out, t in zip(node.outputs, types):
         if out is not None:
-            out.type = merge_types(out.type, t)
+            try:
+                out.type = merge_types(out.type, t)
+            except ShapeInferenceError as exc:
+                raise ShapeInferenceError(f"{node.op_type} node {node.name!r}, output {out.name!r}: {exc}") from None
 
 
 def infer_types(graph: Graph) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..ir.types import TensorType
 from .linalg import compute_dtype
-from .registry import ByOpset, Cost, FusionClass, OpContext, OpDef, register
+from .registry import ByOpset, Cost, FusionClass, OpContext, OpDef, normalize_axes, normalize_axis, register
 
 # -- reductions -----------------------------------------------------------------------------------------------
 
@@ -83,7 +83,7 @@ class _Reduce(OpDef):
         axes = self._axes(ctx, axes)
         if axes == []:
             return x
-        axes = tuple(range(x.ndim)) if axes is None else tuple(sorted({a % x.ndim for a in axes}))
+        axes = tuple(range(x.ndim)) if axes is None else tuple(sorted(set(normalize_axes(axes, x.ndim, ctx.fail))))
         with np.errstate(divide="ignore"):  # log(0) = -inf is the right answer for the log-sums
             y = self.fn(x.astype(compute_dtype(x.dtype), copy=False), axes, bool(ctx.attr("keepdims")))
         return np.asarray(y).astype(x.dtype, copy=False)
@@ -103,7 +103,7 @@ class _Reduce(OpDef):
         if axes == []:
             return [t]
         rank = len(t.shape)
-        axes = set(range(rank)) if axes is None else {a % rank for a in axes} if rank else set()
+        axes = set(range(rank)) if axes is None else set(normalize_axes(axes, rank, ctx.shape_error))
         shape = tuple((1 if keepdims else None) if i in axes else d for i, d in enumerate(t.shape))
         return [TensorType(t.dtype, tuple(d for i, d in enumerate(shape) if keepdims or i not in axes))]
 
@@ -144,7 +144,7 @@ _reduce_op("ReduceLogSumExp", _log_sum_exp)
 
 def softmax_axes(ctx: OpContext, ndim: int) -> tuple[int, ...]:
     """The axes the softmax family normalises over: ``axis`` (opset >= 13) or ``axis`` and all after it."""
-    axis = ctx.attr("axis") % max(ndim, 1)
+    axis = normalize_axis(ctx.attr("axis"), max(ndim, 1), ctx.fail)
     return (axis,) if ctx.opset >= 13 else tuple(range(axis, ndim))
 
 

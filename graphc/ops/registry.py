@@ -219,6 +219,21 @@ def resolve_attrs(opdef: OpDef, node: Node) -> dict[str, Any]:
 
 # -- shape rules shared by many ops ------------------------------------------------------------------------------
 
+def normalize_axis(axis: int, rank: int, fail) -> int:
+    """``axis`` in [0, rank), counting negative axes from the back; ``fail(message)`` builds the error raised."""
+    if not -rank <= axis < rank:
+        raise fail(f"axis {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def normalize_axes(axes: Sequence[int], rank: int, fail) -> list[int]:
+    out = [normalize_axis(int(a), rank, fail) for a in axes]
+    if len(set(out)) != len(out):
+        raise fail(f"axes {list(axes)} repeat an axis")
+    return out
+
+
+
 def broadcast_shapes(*shapes: Sequence | None) -> tuple | None:
     """Numpy-style broadcast of shapes that may hold symbolic (str) or unknown (None) dims."""
     if any(s is None for s in shapes):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ShapeInferenceError
 from ..ir.types import Dim, TensorType, dtype_from_onnx
-from .registry import Cost, FusionClass, OpContext, OpDef, broadcast_shapes, register
+from .registry import Cost, FusionClass, OpContext, OpDef, broadcast_shapes, normalize_axes, normalize_axis, register
 
 # -- helpers shared with indexing.py ----------------------------------------------------------------------------
 
@@ -80,18 +80,6 @@ def input_dtype(ctx: OpContext, index: int = 0) -> np.dtype | None:
     return None if t is None else t.dtype
 
 
-def normalize_axis(axis: int, rank: int, fail) -> int:
-    """``axis`` in [0, rank), counting negative axes from the back; ``fail(message)`` builds the error raised."""
-    if not -rank <= axis < rank:
-        raise fail(f"axis {axis} is out of range for rank {rank}")
-    return axis + rank if axis < 0 else axis
-
-
-def normalize_axes(axes: Sequence[int], rank: int, fail) -> list[int]:
-    out = [normalize_axis(int(a), rank, fail) for a in axes]
-    if len(set(out)) != len(out):
-        raise fail(f"axes {list(axes)} repeat an axis")
-    return out
 
 
 def same_type(ctx: OpContext, index: int = 0) -> list:

@@ -49,7 +49,10 @@ def check_inputs(names: list[str], types: list[Type], feeds: Mapping[str, Any]) 
             continue
         if not isinstance(value, np.ndarray):
             if hasattr(value, "__array__") or isinstance(value, (list, tuple, int, float, bool)):
-                value = np.asarray(value)
+                try:
+                    value = np.asarray(value)
+                except (ValueError, TypeError) as exc:
+                    raise InputError(f"input {name!r}: cannot be made into an array ({exc})") from None
             else:
                 raise InputError(f"input {name!r}: expected a numpy array, got {type(value).__name__}")
         if isinstance(expected, TensorType):

@@ -26,32 +26,7 @@ _OUTCOMES: dict[str, Outcome] = {}
 
 #: Cases that fail today because of a product-code problem (see the robustness report); remove an entry once
 #: its fix lands (the case then shows as XPASS).
-KNOWN_PRODUCT_ISSUES: dict[str, str] = {
-    "bad_attr_value/mlp.softmax.axis#0": "Softmax axis out of range wraps modulo rank (ops/reduce.py softmax_axes)",
-    "bad_attr_value/mlp.softmax.axis#1": "Softmax axis out of range wraps modulo rank (ops/reduce.py softmax_axes)",
-    "bad_attr_value/gemm.rsum.axes=[5]": "Reduce axes out of range wrap modulo rank (ops/reduce.py _Reduce)",
-    "bad_attr_value/gemm.rsum.axes=[-3]": "Reduce axes out of range wrap modulo rank (ops/reduce.py _Reduce)",
-    "bad_attr_value/gemm.rsum.axes=[2, 0]": "Reduce axes out of range wrap modulo rank (ops/reduce.py _Reduce)",
-    "bad_dims/mlp.value_info_2^40x2^40": "declared value_info shapes that contradict inference are ignored",
-    "unknown_op/mlp.opset_10000": "an opset newer than any ONNX release is accepted",
-    "no_graph_or_opset/mlp_default_opset_twice": "a domain imported twice at different versions is accepted",
-    "bad_subgraph/if_branch_dtypes_differ": "If does not check that its branches agree on output types",
-    "bad_subgraph/if_branch_with_inputs": "If does not check that its branches take no inputs",
-    "bad_subgraph/loop_carried_dtype_changes": "Loop does not check carried types against the body's outputs",
-    "type_mismatch/mlp.matmul_float_x_int64": "ONNX type constraints (T) are not checked",
-    "type_mismatch/mlp.add_float_double": "ONNX type constraints (T) are not checked",
-    "type_mismatch/gemm.axes_float": "ONNX type constraints (axes: int64) are not checked",
-    "type_mismatch/einsum.reshape_shape_float": "ONNX type constraints (shape: int64) are not checked",
-    "type_mismatch/if.float_condition": "ONNX type constraints (cond: bool) are not checked",
-    "runtime_feed/mlp.feed_ragged_list": "np.asarray on a ragged list raises ValueError (runtime/binding.py)",
-    "type_mismatch/mlp.add_not_broadcastable": "infer_node re-raises a rule's ShapeInferenceError without the node",
-    "unknown_op/three_unknown_ops_two_domains": "ONNX's checker rejects the first default-domain op it does not "
-                                                "know (InvalidModelError) before graphc lists all unsupported ops",
-    "unknown_op/unknown_default_domain_ops_inside_subgraphs": "same: the checker reports only the first unknown op",
-    "invalid_utf8/mlp.weight_name": "names that are not UTF-8 are accepted (and become bytes objects in the IR)",
-    "invalid_utf8/mlp.value_name": "names that are not UTF-8 are accepted (and become bytes objects in the IR)",
-    "byte_flip/if#7@148": "If branch output count differs from the node's: KeyError in the reference executor",
-}
+KNOWN_PRODUCT_ISSUES: dict[str, str] = {}
 
 
 def _outcome(case) -> Outcome:
@@ -186,12 +161,7 @@ ACTIONABLE = {
     "type_mismatch/mlp.add_not_broadcastable": ("bias1",),
     "cycle/mlp.relu_self_loop": ("h2", "relu1"),
 }
-MESSAGE_ISSUES = {
-    "dangling_input/mlp.bias1<-b_missing": "check_model_proto keeps only the first line of the checker's message, "
-                                           "which loses the node name",
-    "cycle/mlp.relu_self_loop": "check_model_proto keeps only the first line of the checker's message",
-    "type_mismatch/mlp.add_not_broadcastable": "infer_node re-raises a rule's ShapeInferenceError without the node",
-}
+MESSAGE_ISSUES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case_id", [pytest.param(
