@@ -1,6 +1,6 @@
-"""Ops: miscellany — NonMaxSuppression, the random generators, the preview training optimizers, the string
-ops (StringConcat, StringSplit, StringNormalizer, RegexFullMatch) and a few ``ai.onnx.ml`` ops (Binarizer,
-ArrayFeatureExtractor, LabelEncoder).
+"""Ops: miscellany — NonMaxSuppression, the random generators, the preview training optimizers and the string
+ops (StringConcat, StringSplit, StringNormalizer, RegexFullMatch). The ``ai.onnx.ml`` ops live in
+:mod:`graphc.ops.ml`.
 
 Random ops draw from a ``numpy.random.Generator`` seeded with the ``seed`` attribute when one is given (so a
 seeded node is reproducible within graphc, though not bit-equal to other runtimes) and from fresh entropy
@@ -329,85 +329,3 @@ class StringNormalizer(_StringOp):
             words = [w.upper() for w in words]
         out = np.array(words or [""], dtype=object)
         return out.reshape(1, -1) if x.ndim == 2 else out
-
-
-# -- ai.onnx.ml ----------------------------------------------------------------------------------------------------
-
-@register
-class Binarizer(OpDef):
-    op_type = "Binarizer"
-    domain = "ai.onnx.ml"
-    fusion = FusionClass.ELEMENTWISE
-    attrs = {"threshold": 0.0}
-    flops_per_element = 1
-
-    def compute(self, ctx, x):
-        return (x > ctx.attr("threshold", 0.0)).astype(x.dtype)
-
-
-@register
-class ArrayFeatureExtractor(OpDef):
-    """Select ``indices`` along the last axis; a 1-D input is treated as one row ([1, len(indices)] out)."""
-
-    op_type = "ArrayFeatureExtractor"
-    domain = "ai.onnx.ml"
-    fusion = FusionClass.INJECTIVE
-
-    def compute(self, ctx, x, indices):
-        indices = np.asarray(indices, np.int64).reshape(-1)
-        if ((indices < 0) | (indices >= x.shape[-1])).any():
-            raise ctx.fail(f"indices {indices.tolist()} out of range for {x.shape[-1]} features")
-        out = np.take(x, indices, axis=-1)
-        return out.reshape(1, -1) if x.ndim == 1 else out
-
-
-@register
-class LabelEncoder(OpDef):
-    """Map each input value through ``keys_* -> values_*`` (lists, or tensors since ml opset 4), with the
-    ``default_*`` of the values' type for keys not listed. NaN keys match NaN inputs."""
-
-    op_type = "LabelEncoder"
-    domain = "ai.onnx.ml"
-    fusion = FusionClass.OPAQUE
-
-    _DEFAULTS = {"floats": ("default_float", -0.0, np.float32), "int64s": ("default_int64", -1, np.int64),
-                 "strings": ("default_string", "_Unused", object)}
-
-    def _table(self, ctx: OpContext):
-        keys = values = None
-        default, out_dtype = None, None
-        for kind in ("floats", "int64s", "strings"):
-            if ctx.attr(f"keys_{kind}") is not None:
-                keys = list(ctx.attr(f"keys_{kind}"))
-            if ctx.attr(f"values_{kind}") is not None:
-                values = list(ctx.attr(f"values_{kind}"))
-                name, fallback, out_dtype = self._DEFAULTS[kind]
-                default = ctx.attr(name, fallback)
-        if ctx.attr("keys_tensor") is not None:
-            keys = list(np.asarray(ctx.attr("keys_tensor")).reshape(-1))
-        if ctx.attr("values_tensor") is not None:
-            tensor = np.asarray(ctx.attr("values_tensor"))
-            values, out_dtype = list(tensor.reshape(-1)), tensor.dtype
-            default_tensor = ctx.attr("default_tensor")
-            default = np.asarray(default_tensor).reshape(-1)[0] if default_tensor is not None else (
-                "_Unused" if tensor.dtype == object else 0)
-        if keys is None or values is None or len(keys) != len(values):
-            raise ctx.shape_error("needs keys and values of the same length")
-        normalise = lambda k: _text(k) if isinstance(k, (str, bytes)) else k
-        return {normalise(k): v for k, v in zip(keys, values)}, default, np.dtype(out_dtype)
-
-    def compute(self, ctx, x):
-        table, default, dtype = self._table(ctx)
-        nan_value = next((v for k, v in table.items() if isinstance(k, float) and k != k), default)
-
-        def lookup_one(value):
-            if isinstance(value, (str, bytes)):
-                value = _text(value)
-            elif hasattr(value, "item"):
-                value = value.item()
-            if isinstance(value, float) and value != value:
-                return nan_value
-            return table.get(value, default)
-
-        flat = [lookup_one(v) for v in x.reshape(-1)]
-        return np.array(flat, dtype=dtype).reshape(x.shape)
