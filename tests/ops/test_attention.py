@@ -1,25 +1,20 @@
 """Attention and friends checked against direct numpy formulations; shape rules with symbolic dims."""
 
+from functools import partial
+
 import numpy as np
 
-from graphc.ir.graph import Graph
 from graphc.ir.types import TensorType
-from graphc.ops import OpContext, lookup
+from graphc.ops import lookup
+
+from tests.ops import util
 
 F32 = np.float32
 RNG = np.random.default_rng(0)
 
 
-def node_ctx(op, types, attrs=None, opset=24, num_outputs=1):
-    g = Graph(opsets={"": opset})
-    inputs = [None if t is None else g.add_input(f"x{i}", t) for i, t in enumerate(types)]
-    node = g.add_node(op, inputs, num_outputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def run(op, *arrays, attrs=None, opset=24, num_outputs=1):
-    ctx = node_ctx(op, [None if a is None else TensorType.of(a) for a in arrays], attrs, opset, num_outputs)
-    return lookup("", op).compute(ctx, *arrays)
+node_ctx = partial(util.node_ctx, opset=24)
+run = partial(util.run, opset=24)
 
 
 def naive_attention(q, k, v, bias):
@@ -110,7 +105,7 @@ def test_linear_attention_linear_rule_is_causal_kernel_attention():
     b, t, d = 1, 4, 3
     q, k, v = (RNG.standard_normal((b, t, d)).astype(F32) for _ in range(3))
     y, state = run("LinearAttention", q, k, v, attrs={"q_num_heads": 1, "kv_num_heads": 1,
-                                                      "update_rule": "linear"}, opset=27, num_outputs=2)
+                                                     "update_rule": "linear"}, opset=27, num_outputs=2)
     scores = np.tril(q[0] @ k[0].T) / np.sqrt(d)
     np.testing.assert_allclose(y[0], scores @ v[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(state[0, 0], k[0].T @ v[0], rtol=1e-4, atol=1e-5)

@@ -1,29 +1,23 @@
 """Elementwise ops and Cast: dtype rules, integer semantics, opset-dependent inputs, shape rules, costs."""
 
+from functools import partial
+
 import ml_dtypes
 import numpy as np
 import pytest
 from onnx import TensorProto
 
 from graphc.errors import ExecutionError
-from graphc.ir.graph import Graph
 from graphc.ir.types import TensorType
-from graphc.ops import OpContext, lookup
+from graphc.ops import lookup
+
+from tests.ops import util
 
 F32 = np.float32
 
 
-def node_ctx(op, types, attrs=None, opset=18):
-    """An OpContext for one node whose inputs have the given types (None = omitted)."""
-    g = Graph(opsets={"": opset})
-    inputs = [None if t is None else g.add_input(f"x{i}", t) for i, t in enumerate(types)]
-    node = g.add_node(op, inputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def run(op, *arrays, attrs=None, opset=18):
-    ctx = node_ctx(op, [None if a is None else TensorType.of(a) for a in arrays], attrs, opset)
-    return lookup("", op).compute(ctx, *arrays)
+node_ctx = partial(util.node_ctx, opset=18)
+run = partial(util.run, opset=18)
 
 
 def test_string_casts_both_ways():

@@ -1,39 +1,23 @@
 """Indexing ops: bounds checks, negative indices, reductions of duplicated scatter indices, tie orders, older opsets,
 shape rules with symbolic dims and costs — what the ONNX node tests do not cover."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 
 from graphc.errors import ExecutionError
-from graphc.ir.graph import Graph
 from graphc.ir.types import TensorType
-from graphc.ops import FusionClass, OpContext, lookup
+from graphc.ops import FusionClass, lookup
+
+from tests.ops import util
 
 F32, I64 = np.float32, np.int64
 
 
-def node_ctx(op, types, attrs=None, opset=18, consts=None, outputs=1):
-    """An OpContext for one node whose inputs have the given types (None = omitted); consts: {index: array}."""
-    g = Graph(opsets={"": opset})
-    inputs = []
-    for i, t in enumerate(types):
-        if consts and i in consts:
-            inputs.append(g.add_initializer(f"c{i}", np.asarray(consts[i])))
-        elif t is None:
-            inputs.append(None)
-        else:
-            inputs.append(g.add_input(f"x{i}", t))
-    node = g.add_node(op, inputs, outputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def run(op, *arrays, attrs=None, opset=18, outputs=1):
-    ctx = node_ctx(op, [None if a is None else TensorType.of(a) for a in arrays], attrs, opset, outputs=outputs)
-    return lookup("", op).compute(ctx, *arrays)
-
-
-def infer(op, types, outputs=1, **kw):
-    return lookup("", op).infer(node_ctx(op, types, outputs=outputs, **kw))
+node_ctx = partial(util.node_ctx, opset=18)
+infer = partial(util.infer, opset=18)
+run = partial(util.run, opset=18)
 
 
 def test_gathers_check_bounds_and_wrap_negatives():
@@ -92,16 +76,16 @@ def test_tensor_scatter_linear_bounds_and_circular_wrap():
 
 def test_topk_ties_unsigned_and_opset9_attribute():
     x = np.array([[3, 1, 3, 2, 3]], np.uint64)
-    values, indices = run("TopK", x, np.array([3], I64), outputs=2)
+    values, indices = run("TopK", x, np.array([3], I64), num_outputs=2)
     assert values.dtype == np.uint64 and indices.dtype == I64
     np.testing.assert_array_equal(indices, [[0, 2, 4]])  # equal values by increasing index
-    values, indices = run("TopK", x, np.array([2], I64), attrs={"largest": 0}, outputs=2)
+    values, indices = run("TopK", x, np.array([2], I64), attrs={"largest": 0}, num_outputs=2)
     np.testing.assert_array_equal(indices, [[1, 3]])
-    values, indices = run("TopK", x.astype(F32), attrs={"k": 1, "axis": 0}, opset=9, outputs=2)
+    values, indices = run("TopK", x.astype(F32), attrs={"k": 1, "axis": 0}, opset=9, num_outputs=2)
     assert values.shape == (1, 5)
     with pytest.raises(ExecutionError):
-        run("TopK", x, np.array([6], I64), outputs=2)
-    vt, it = infer("TopK", [TensorType(F32, ("N", 10)), None], outputs=2, consts={1: np.array([3], I64)})
+        run("TopK", x, np.array([6], I64), num_outputs=2)
+    vt, it = infer("TopK", [TensorType(F32, ("N", 10)), None], num_outputs=2, consts={1: np.array([3], I64)})
     assert vt == TensorType(F32, ("N", 3)) and it == TensorType(I64, ("N", 3))
 
 
@@ -123,7 +107,7 @@ def test_arg_reductions_and_scans():
 def test_data_dependent_shapes():
     assert run("NonZero", np.array(3.0, F32)).shape == (0, 1)
     np.testing.assert_array_equal(run("NonZero", np.array([[0, 2], [3, 0]], F32)), [[0, 1], [1, 0]])
-    y, first, inverse, counts = run("Unique", np.array([2, 1, 1, 3, 4, 3], F32), attrs={"sorted": 0}, outputs=4)
+    y, first, inverse, counts = run("Unique", np.array([2, 1, 1, 3, 4, 3], F32), attrs={"sorted": 0}, num_outputs=4)
     assert y.tolist() == [2, 1, 3, 4] and first.tolist() == [0, 1, 3, 4]
     assert inverse.tolist() == [0, 1, 1, 2, 3, 2] and counts.tolist() == [1, 2, 2, 1]
     x = np.arange(6, dtype=F32).reshape(2, 3)

@@ -1,37 +1,21 @@
 """MatMul, Gemm, Einsum, Det: shape rules with symbolic dims, costs, dtypes — what the node tests do not cover."""
 
+from functools import partial
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 from graphc.errors import ShapeInferenceError
-from graphc.ir.graph import Graph
 from graphc.ir.types import TensorType
-from graphc.ops import OpContext, lookup
+from graphc.ops import lookup
+
+from tests.ops import util
 
 
-def node_ctx(op, types, attrs=None, opset=18, consts=None):
-    """An OpContext for one node whose inputs have the given types (None = omitted); consts: {index: array}."""
-    g = Graph(opsets={"": opset})
-    inputs = []
-    for i, t in enumerate(types):
-        if t is None:
-            inputs.append(None)
-        elif consts and i in consts:
-            inputs.append(g.add_initializer(f"c{i}", consts[i]))
-        else:
-            inputs.append(g.add_input(f"x{i}", t))
-    node = g.add_node(op, inputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def infer(op, types, **kw):
-    return lookup("", op).infer(node_ctx(op, types, **kw))
-
-
-def run(op, *arrays, attrs=None, opset=18):
-    ctx = node_ctx(op, [None if a is None else TensorType.of(a) for a in arrays], attrs, opset)
-    return lookup("", op).compute(ctx, *arrays)
+node_ctx = partial(util.node_ctx, opset=18)
+infer = partial(util.infer, opset=18)
+run = partial(util.run, opset=18)
 
 
 F32 = np.float32

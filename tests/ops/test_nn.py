@@ -4,32 +4,19 @@ tests leave out (checked against naive loops or algebraic identities)."""
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import numpy as np
 import pytest
 
-from graphc.ir import Graph, TensorType
-from graphc.ops import FusionClass, OpContext, lookup
+from graphc.ir import TensorType
+from graphc.ops import FusionClass
+
+from tests.ops import util
 
 
-def _ctx(op: str, inputs: list, attrs: dict | None = None, opset: int = 19, num_outputs: int = 1) -> OpContext:
-    """A context for one node: TensorType entries become graph inputs, arrays constants, None omitted inputs."""
-    g = Graph(opsets={"": opset})
-    values = []
-    for i, v in enumerate(inputs):
-        if v is None:
-            values.append(None)
-        elif isinstance(v, np.ndarray):
-            values.append(g.add_initializer(f"c{i}", v))
-        else:
-            values.append(g.add_input(f"i{i}", v))
-    node = g.add_node(op, values, num_outputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def _run(op: str, arrays: list, attrs: dict | None = None, opset: int = 19, num_outputs: int = 1):
-    ctx = _ctx(op, [None if a is None else TensorType.of(a) for a in arrays], attrs, opset, num_outputs)
-    return ctx.opdef.compute(ctx, *arrays)
+node_ctx = partial(util.node_ctx, opset=19)
+run = partial(util.run, opset=19)
 
 
 def _naive_conv(x, w, b, strides, pads, dilations, group):
@@ -59,8 +46,8 @@ def test_conv_matches_naive_loops(strides, pads, dilations, group):
     x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
     w = rng.standard_normal((8, 4 // group, 3, 2)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    y = _run("Conv", [x, w, b], {"strides": list(strides), "pads": list(pads), "dilations": list(dilations),
-                                 "group": group})
+    y = run("Conv", x, w, b, attrs={"strides": list(strides), "pads": list(pads), "dilations": list(dilations),
+                                "group": group})
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, _naive_conv(x, w, b, strides, pads, dilations, group), rtol=1e-4, atol=1e-4)
 
@@ -70,7 +57,7 @@ def test_conv_same_padding_puts_the_odd_pad_where_asked(auto_pad, pads):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 1, 5, 5)).astype(np.float32)
     w = rng.standard_normal((1, 1, 2, 2)).astype(np.float32)
-    y = _run("Conv", [x, w], {"auto_pad": auto_pad})
+    y = run("Conv", x, w, attrs={"auto_pad": auto_pad})
     assert y.shape == (1, 1, 5, 5)
     np.testing.assert_allclose(y, _naive_conv(x, w, None, (1, 1), pads, (1, 1), 1), rtol=1e-5, atol=1e-5)
 
@@ -78,22 +65,22 @@ def test_conv_same_padding_puts_the_odd_pad_where_asked(auto_pad, pads):
 def test_conv_float16_stays_float16():
     x = np.ones((1, 2, 4, 4), np.float16)
     w = np.ones((3, 2, 3, 3), np.float16)
-    y = _run("Conv", [x, w])
+    y = run("Conv", x, w)
     assert y.dtype == np.float16 and y.shape == (1, 3, 2, 2) and np.all(y == 18)
 
 
 def test_conv_shape_keeps_symbolic_batch_and_cost():
     w = np.zeros((64, 3, 7, 7), np.float32)
-    ctx = _ctx("Conv", [TensorType(np.float32, ("N", 3, 224, 224)), w], {"strides": [2, 2], "pads": [3, 3, 3, 3]})
+    ctx = node_ctx("Conv", [TensorType(np.float32, ("N", 3, 224, 224)), w], {"strides": [2, 2], "pads": [3, 3, 3, 3]})
     (t,) = ctx.opdef.infer(ctx)
     assert t == TensorType(np.float32, ("N", 64, 112, 112))
-    static = _ctx("Conv", [TensorType(np.float32, (1, 3, 224, 224)), w], {"strides": [2, 2], "pads": [3, 3, 3, 3]})
+    static = node_ctx("Conv", [TensorType(np.float32, (1, 3, 224, 224)), w], {"strides": [2, 2], "pads": [3, 3, 3, 3]})
     assert static.opdef.cost(static).flops == 2 * 64 * 112 * 112 * 3 * 7 * 7
     assert ctx.opdef.fusion == FusionClass.COMPLEX
 
 
 def test_conv_unknown_spatial_dim_gives_none():
-    ctx = _ctx("Conv", [TensorType(np.float32, ("N", 3, "H", 32)), np.zeros((8, 3, 3, 3), np.float32)])
+    ctx = node_ctx("Conv", [TensorType(np.float32, ("N", 3, "H", 32)), np.zeros((8, 3, 3, 3), np.float32)])
     (t,) = ctx.opdef.infer(ctx)
     assert t.shape == ("N", 8, None, 30)
 
@@ -109,28 +96,28 @@ def test_conv_transpose_is_the_adjoint_of_conv(attrs):
     group = attrs.get("group", 1)
     x = rng.standard_normal((1, 4, 9, 8))
     w = rng.standard_normal((6, 4 // group, 3, 2))
-    y = _run("Conv", [x, w], attrs)
+    y = run("Conv", x, w, attrs=attrs)
     r = rng.standard_normal(y.shape)
     # ConvTranspose's weights (C_in, M/group, k) map its input channels (Conv's outputs) back: the same array
-    xt = _run("ConvTranspose", [r, w], dict(attrs, output_shape=list(x.shape[2:])))
+    xt = run("ConvTranspose", r, w, attrs=dict(attrs, output_shape=list(x.shape[2:])))
     assert xt.shape == x.shape
     np.testing.assert_allclose(np.sum(y * r), np.sum(x * xt), rtol=1e-9)
 
 
 def test_conv_transpose_shape_and_cost():
     w = np.zeros((8, 4, 3, 3), np.float32)
-    ctx = _ctx("ConvTranspose", [TensorType(np.float32, ("N", 8, 10, 10)), w],
-               {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]})
+    ctx = node_ctx("ConvTranspose", [TensorType(np.float32, ("N", 8, 10, 10)), w],
+                   {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]})
     (t,) = ctx.opdef.infer(ctx)
     assert t.shape == ("N", 4, 20, 20)
-    static = _ctx("ConvTranspose", [TensorType(np.float32, (1, 8, 10, 10)), w], {"strides": [2, 2]})
+    static = node_ctx("ConvTranspose", [TensorType(np.float32, (1, 8, 10, 10)), w], {"strides": [2, 2]})
     assert static.opdef.cost(static).flops == 2 * 8 * 10 * 10 * 4 * 3 * 3
 
 
 def test_conv_integer_subtracts_per_channel_weight_zero_points():
     x = np.array([[[[1, 2], [3, 4]]]], np.uint8)
     w = np.array([[[[5]]], [[[7]]]], np.uint8)
-    y = _run("ConvInteger", [x, w, np.array(1, np.uint8), np.array([4, 5], np.uint8)])
+    y = run("ConvInteger", x, w, np.array(1, np.uint8), np.array([4, 5], np.uint8))
     assert y.dtype == np.int32
     np.testing.assert_array_equal(y[0, 0], (x[0, 0].astype(int) - 1) * 1)
     np.testing.assert_array_equal(y[0, 1], (x[0, 0].astype(int) - 1) * 2)
@@ -138,12 +125,12 @@ def test_conv_integer_subtracts_per_channel_weight_zero_points():
 
 def test_resize_shape_from_constant_scales_and_sizes():
     x = TensorType(np.float32, ("N", 3, 10, 20))
-    ctx = _ctx("Resize", [x, None, np.array([1, 1, 2, 0.5], np.float32)], {"mode": "linear"})
+    ctx = node_ctx("Resize", [x, None, np.array([1, 1, 2, 0.5], np.float32)], {"mode": "linear"})
     assert ctx.opdef.infer(ctx)[0].shape == ("N", 3, 20, 10)
-    ctx = _ctx("Resize", [x, None, None, np.array([5, 5], np.int64)],
-               {"axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"})
+    ctx = node_ctx("Resize", [x, None, None, np.array([5, 5], np.int64)],
+                   {"axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"})
     assert ctx.opdef.infer(ctx)[0].shape == ("N", 3, 3, 5)
-    ctx = _ctx("Resize", [x, None, None, TensorType(np.int64, (4,))])
+    ctx = node_ctx("Resize", [x, None, None, TensorType(np.int64, (4,))])
     assert ctx.opdef.infer(ctx)[0].shape == (None, None, None, None)
 
 
@@ -151,39 +138,39 @@ def test_resize_opset10_layout_and_upsample_attribute():
     x = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)
     expected = np.repeat(np.repeat(x, 2, axis=2), 3, axis=3)
     scales = np.array([1, 1, 2, 3], np.float32)
-    np.testing.assert_array_equal(_run("Resize", [x, scales], {"mode": "nearest"}, opset=10), expected)
-    np.testing.assert_array_equal(_run("Upsample", [x], {"scales": [1.0, 1.0, 2.0, 3.0]}, opset=7), expected)
-    np.testing.assert_array_equal(_run("Upsample", [x, scales], opset=9), expected)
+    np.testing.assert_array_equal(run("Resize", x, scales, attrs={"mode": "nearest"}, opset=10), expected)
+    np.testing.assert_array_equal(run("Upsample", x, attrs={"scales": [1.0, 1.0, 2.0, 3.0]}, opset=7), expected)
+    np.testing.assert_array_equal(run("Upsample", x, scales, opset=9), expected)
 
 
 def test_resize_integer_data_rounds_and_saturates():
     x = np.array([[[[0, 255, 0]]]], np.uint8)
     scales = np.array([1, 1, 1, 4], np.float32)
     attrs = {"mode": "linear", "coordinate_transformation_mode": "asymmetric"}
-    y = _run("Resize", [x, None, scales], attrs)
+    y = run("Resize", x, None, scales, attrs=attrs)
     assert y.dtype == np.uint8
     np.testing.assert_array_equal(y[0, 0, 0, :5], [0, 64, 128, 191, 255])  # 63.75, 127.5 (half to even), 191.25
     attrs["mode"] = "cubic"  # overshoots below 0: saturated, not wrapped
-    floats = _run("Resize", [x.astype(np.float32), None, scales], attrs)
+    floats = run("Resize", x.astype(np.float32), None, scales, attrs=attrs)
     assert floats.min() < 0
-    np.testing.assert_array_equal(_run("Resize", [x, None, scales], attrs), np.clip(np.rint(floats), 0, 255))
+    np.testing.assert_array_equal(run("Resize", x, None, scales, attrs=attrs), np.clip(np.rint(floats), 0, 255))
 
 
 def test_resize_pytorch_half_pixel_single_output_reads_position_zero():
     x = np.array([[[[1.0, 2.0, 3.0, 4.0]]]], np.float32)
-    y = _run("Resize", [x, None, None, np.array([1, 1, 1, 1], np.int64)],
-             {"mode": "cubic", "coordinate_transformation_mode": "pytorch_half_pixel"})
+    y = run("Resize", x, None, None, np.array([1, 1, 1, 1], np.int64),
+            attrs={"mode": "cubic", "coordinate_transformation_mode": "pytorch_half_pixel"})
     assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == pytest.approx(1.0)
 
 
 def test_dropout_modes():
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    y, mask = _run("Dropout", [x], num_outputs=2, opset=13)
+    y, mask = run("Dropout", x, num_outputs=2, opset=13)
     np.testing.assert_array_equal(y, x)
     assert mask.dtype == np.bool_ and mask.all()
-    y, mask = _run("Dropout", [x, np.array(0.0, np.float32), np.array(True)], num_outputs=2, opset=13)
+    y, mask = run("Dropout", x, np.array(0.0, np.float32), np.array(True), num_outputs=2, opset=13)
     assert mask.all() and np.array_equal(y, x)
-    y, mask = _run("Dropout", [x, np.array(0.5, np.float32), np.array(True)], {"seed": 3}, num_outputs=2, opset=13)
+    y, mask = run("Dropout", x, np.array(0.5, np.float32), np.array(True), attrs={"seed": 3}, num_outputs=2, opset=13)
     np.testing.assert_allclose(y, np.where(mask, x * 2, 0))
-    _, mask = _run("Dropout", [x], {"ratio": 0.3}, num_outputs=2, opset=7)
+    _, mask = run("Dropout", x, attrs={"ratio": 0.3}, num_outputs=2, opset=7)
     assert mask.dtype == np.float32

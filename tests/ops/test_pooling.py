@@ -4,30 +4,24 @@ force."""
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import numpy as np
 import pytest
 
-from graphc.ir import Graph, TensorType
-from graphc.ops import FusionClass, OpContext, lookup
+from graphc.ir import TensorType
+from graphc.ops import FusionClass
+
+from tests.ops import util
 
 
-def _ctx(op: str, inputs: list, attrs: dict | None = None, opset: int = 19, num_outputs: int = 1) -> OpContext:
-    g = Graph(opsets={"": opset})
-    values = [g.add_initializer(f"c{i}", v) if isinstance(v, np.ndarray) else g.add_input(f"i{i}", v)
-              for i, v in enumerate(inputs)]
-    node = g.add_node(op, values, num_outputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def _run(op: str, arrays: list, attrs: dict | None = None, opset: int = 19, num_outputs: int = 1):
-    ctx = _ctx(op, [TensorType.of(a) for a in arrays], attrs, opset, num_outputs)
-    return ctx.opdef.compute(ctx, *arrays)
+node_ctx = partial(util.node_ctx, opset=19)
+run = partial(util.run, opset=19)
 
 
 def test_maxpool_shape_ceil_mode_symbolic_batch_and_indices_type():
-    ctx = _ctx("MaxPool", [TensorType(np.float32, ("N", 64, 112, 112))],
-               {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, num_outputs=2)
+    ctx = node_ctx("MaxPool", [TensorType(np.float32, ("N", 64, 112, 112))],
+                   {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, num_outputs=2)
     y, idx = ctx.opdef.infer(ctx)
     assert y == TensorType(np.float32, ("N", 64, 56, 56))
     assert idx == TensorType(np.int64, ("N", 64, 56, 56))
@@ -35,9 +29,9 @@ def test_maxpool_shape_ceil_mode_symbolic_batch_and_indices_type():
 
 
 def test_pool_cost_is_output_elements_times_kernel():
-    ctx = _ctx("AveragePool", [TensorType(np.float32, (1, 8, 10, 10))], {"kernel_shape": [2, 2], "strides": [2, 2]})
+    ctx = node_ctx("AveragePool", [TensorType(np.float32, (1, 8, 10, 10))], {"kernel_shape": [2, 2], "strides": [2, 2]})
     assert ctx.opdef.cost(ctx).flops == 8 * 5 * 5 * 4
-    ctx = _ctx("GlobalMaxPool", [TensorType(np.float32, (2, 8, 10, 10))])
+    ctx = node_ctx("GlobalMaxPool", [TensorType(np.float32, (2, 8, 10, 10))])
     assert ctx.opdef.cost(ctx).flops == 2 * 8 * 10 * 10
 
 
@@ -45,8 +39,8 @@ def test_pool_cost_is_output_elements_times_kernel():
 def test_maxpool_indices_point_at_the_max(storage_order):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
-    y, idx = _run("MaxPool", [x], {"kernel_shape": [2, 3], "strides": [2, 2], "pads": [1, 0, 0, 1],
-                                   "storage_order": storage_order}, num_outputs=2)
+    y, idx = run("MaxPool", x, attrs={"kernel_shape": [2, 3], "strides": [2, 2], "pads": [1, 0, 0, 1],
+                                      "storage_order": storage_order}, num_outputs=2)
     assert idx.dtype == np.int64
     flat = x.reshape(-1) if storage_order == 0 else x.transpose(0, 1, 3, 2).reshape(-1)
     np.testing.assert_array_equal(flat[idx], y)
@@ -57,8 +51,8 @@ def test_average_pool_ceil_mode_matches_brute_force(count_include_pad):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 2, 6)).astype(np.float32)
     k, s, pb, pe = 3, 2, 1, 1
-    y = _run("AveragePool", [x], {"kernel_shape": [k], "strides": [s], "pads": [pb, pe], "ceil_mode": 1,
-                                  "count_include_pad": count_include_pad})
+    y = run("AveragePool", x, attrs={"kernel_shape": [k], "strides": [s], "pads": [pb, pe], "ceil_mode": 1,
+                                     "count_include_pad": count_include_pad})
     # windows start at -1, 1, 3, 5 (the last starts inside the input; it runs past the end pad)
     assert y.shape == (1, 2, 4)
     for o in range(4):
@@ -71,14 +65,14 @@ def test_average_pool_ceil_mode_matches_brute_force(count_include_pad):
 
 def test_lp_pool_and_global_lp_pool():
     x = np.array([[[3.0, -4.0, 0.0, 12.0]]], np.float32)
-    np.testing.assert_allclose(_run("LpPool", [x], {"kernel_shape": [2], "strides": [2], "p": 2}), [[[5.0, 12.0]]])
-    np.testing.assert_allclose(_run("GlobalLpPool", [x], {"p": 1}), [[[19.0]]])
+    np.testing.assert_allclose(run("LpPool", x, attrs={"kernel_shape": [2], "strides": [2], "p": 2}), [[[5.0, 12.0]]])
+    np.testing.assert_allclose(run("GlobalLpPool", x, attrs={"p": 1}), [[[19.0]]])
 
 
 def test_global_average_pool_keeps_dtype_and_symbolic_dims():
-    ctx = _ctx("GlobalAveragePool", [TensorType(np.float16, ("N", 32, "H", "W"))])
+    ctx = node_ctx("GlobalAveragePool", [TensorType(np.float16, ("N", 32, "H", "W"))])
     assert ctx.opdef.infer(ctx)[0] == TensorType(np.float16, ("N", 32, 1, 1))
-    y = _run("GlobalAveragePool", [np.full((1, 2, 3, 3), 2, np.float16)])
+    y = run("GlobalAveragePool", np.full((1, 2, 3, 3), 2, np.float16))
     assert y.dtype == np.float16 and y.shape == (1, 2, 1, 1) and np.all(y == 2)
 
 
@@ -86,8 +80,8 @@ def test_max_unpool_inverts_max_pool():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
     attrs = {"kernel_shape": [2, 2], "strides": [2, 2]}
-    y, idx = _run("MaxPool", [x], attrs, num_outputs=2)
-    up = _run("MaxUnpool", [y, idx], attrs)
+    y, idx = run("MaxPool", x, attrs=attrs, num_outputs=2)
+    up = run("MaxUnpool", y, idx, attrs=attrs)
     kept = up != 0
     assert kept.sum() == y.size
     np.testing.assert_array_equal(up[kept], x[kept])

@@ -1,27 +1,21 @@
 """Quantization ops: scale layouts (per tensor / axis / block), rounding and saturation, dtypes, shapes, costs."""
 
+from functools import partial
+
 import ml_dtypes
 import numpy as np
 from onnx import TensorProto
 
-from graphc.ir.graph import Graph
 from graphc.ir.types import TensorType
-from graphc.ops import OpContext, lookup
+from graphc.ops import lookup
+
+from tests.ops import util
 
 F32 = np.float32
 
 
-def node_ctx(op, types, attrs=None, opset=21):
-    """An OpContext for one node whose inputs have the given types (None = omitted)."""
-    g = Graph(opsets={"": opset})
-    inputs = [None if t is None else g.add_input(f"x{i}", t) for i, t in enumerate(types)]
-    node = g.add_node(op, inputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def run(op, *arrays, attrs=None, opset=21):
-    ctx = node_ctx(op, [None if a is None else TensorType.of(a) for a in arrays], attrs, opset)
-    return lookup("", op).compute(ctx, *arrays)
+node_ctx = partial(util.node_ctx, opset=21)
+run = partial(util.run, opset=21)
 
 
 def test_rounds_half_to_even_before_adding_the_zero_point_and_saturates():

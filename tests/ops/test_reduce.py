@@ -1,33 +1,20 @@
 """Reductions and the softmax family: opset-dependent axes, empty sets, dtypes, shape rules, costs."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 
-from graphc.ir.graph import Graph
 from graphc.ir.types import TensorType
-from graphc.ops import OpContext, lookup
+from graphc.ops import lookup
+
+from tests.ops import util
 
 F32 = np.float32
 
 
-def node_ctx(op, types, attrs=None, opset=18, consts=None):
-    """An OpContext for one node whose inputs have the given types (None = omitted); consts: {index: array}."""
-    g = Graph(opsets={"": opset})
-    inputs = []
-    for i, t in enumerate(types):
-        if t is None:
-            inputs.append(None)
-        elif consts and i in consts:
-            inputs.append(g.add_initializer(f"c{i}", consts[i]))
-        else:
-            inputs.append(g.add_input(f"x{i}", t))
-    node = g.add_node(op, inputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def run(op, *arrays, attrs=None, opset=18):
-    ctx = node_ctx(op, [None if a is None else TensorType.of(a) for a in arrays], attrs, opset)
-    return lookup("", op).compute(ctx, *arrays)
+node_ctx = partial(util.node_ctx, opset=18)
+run = partial(util.run, opset=18)
 
 
 X = np.arange(24, dtype=F32).reshape(2, 3, 4)
@@ -77,21 +64,21 @@ def test_dtypes_and_stability():
 def test_reduce_shape_rule_with_symbolic_dims():
     op = lookup("", "ReduceSum")
     t = TensorType(F32, ("N", "C", 7))
-    (out,) = op.infer(node_ctx("ReduceSum", [t, TensorType(np.int64, (1,))], {"keepdims": 1}, 13,
+    (out,) = op.infer(node_ctx("ReduceSum", [t, TensorType(np.int64, (1,))], {"keepdims": 1}, opset=13,
                                consts={1: np.array([-1])}))
     assert out == TensorType(F32, ("N", "C", 1))
-    (out,) = op.infer(node_ctx("ReduceSum", [t, TensorType(np.int64, (1,))], {"keepdims": 0}, 13,
+    (out,) = op.infer(node_ctx("ReduceSum", [t, TensorType(np.int64, (1,))], {"keepdims": 0}, opset=13,
                                consts={1: np.array([1])}))
     assert out == TensorType(F32, ("N", 7))
     # axes known only at run time: the rank survives with keepdims
-    (out,) = op.infer(node_ctx("ReduceSum", [t, TensorType(np.int64, (1,))], {"keepdims": 1}, 13))
+    (out,) = op.infer(node_ctx("ReduceSum", [t, TensorType(np.int64, (1,))], {"keepdims": 1}, opset=13))
     assert out.shape == (None, None, None)
-    (out,) = lookup("", "ReduceMax").infer(node_ctx("ReduceMax", [t], {"axes": [0, 2], "keepdims": 0}, 11))
+    (out,) = lookup("", "ReduceMax").infer(node_ctx("ReduceMax", [t], {"axes": [0, 2], "keepdims": 0}, opset=11))
     assert out == TensorType(F32, ("C",))
 
 
 def test_reduce_cost_is_input_elements():
-    ctx = node_ctx("ReduceMean", [TensorType(F32, (2, 3, 4)), TensorType(np.int64, (1,))], {}, 18,
+    ctx = node_ctx("ReduceMean", [TensorType(F32, (2, 3, 4)), TensorType(np.int64, (1,))], {}, opset=18,
                    consts={1: np.array([1])})
     assert lookup("", "ReduceMean").cost(ctx).flops == 24
 
@@ -124,5 +111,5 @@ def test_hardmax_first_maximum_and_old_axis():
     np.testing.assert_array_equal(y, [[[0, 1], [0, 0]], [[1, 0], [0, 0]]])
     y = run("Hardmax", x, attrs={"axis": 1}, opset=13)  # over axis 1 only
     np.testing.assert_array_equal(y, [[[0, 1], [1, 0]], [[1, 1], [0, 0]]])
-    (t,) = lookup("", "Hardmax").infer(node_ctx("Hardmax", [TensorType(F32, ("N", 5))], {}, 13))
+    (t,) = lookup("", "Hardmax").infer(node_ctx("Hardmax", [TensorType(F32, ("N", 5))], {}, opset=13))
     assert t == TensorType(F32, ("N", 5))

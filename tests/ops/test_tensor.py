@@ -1,39 +1,23 @@
 """Tensor-manipulation ops: shape rules with symbolic dims, operands that were attributes in older opsets, failures
 and fusion classes — what the ONNX node tests (mostly at the newest opset, static shapes) do not cover."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 
 from graphc.errors import ExecutionError, ShapeInferenceError
-from graphc.ir.graph import Graph
 from graphc.ir.types import TensorType
-from graphc.ops import FusionClass, OpContext, lookup
+from graphc.ops import FusionClass, lookup
+
+from tests.ops import util
 
 F32, I64 = np.float32, np.int64
 
 
-def node_ctx(op, types, attrs=None, opset=18, consts=None, outputs=1):
-    """An OpContext for one node whose inputs have the given types (None = omitted); consts: {index: array}."""
-    g = Graph(opsets={"": opset})
-    inputs = []
-    for i, t in enumerate(types):
-        if consts and i in consts:
-            inputs.append(g.add_initializer(f"c{i}", np.asarray(consts[i])))
-        elif t is None:
-            inputs.append(None)
-        else:
-            inputs.append(g.add_input(f"x{i}", t))
-    node = g.add_node(op, inputs, outputs, attrs=attrs)
-    return OpContext(node, lookup("", op))
-
-
-def infer(op, types, **kw):
-    return lookup("", op).infer(node_ctx(op, types, **kw))
-
-
-def run(op, *arrays, attrs=None, opset=18, outputs=1):
-    ctx = node_ctx(op, [None if a is None else TensorType.of(a) for a in arrays], attrs, opset, outputs=outputs)
-    return lookup("", op).compute(ctx, *arrays)
+node_ctx = partial(util.node_ctx, opset=18)
+infer = partial(util.infer, opset=18)
+run = partial(util.run, opset=18)
 
 
 def shape_of(op, shape, consts, dtype=F32, **kw):
@@ -80,20 +64,20 @@ def test_transpose_concat_split_rules():
     assert t == TensorType(F32, ("N", 8))
     (t,) = infer("Concat", [TensorType(F32, ("N", 3)), TensorType(F32, ("M", 3))], attrs={"axis": 0})
     assert t.shape == (None, 3)
-    ts = infer("Split", [TensorType(F32, ("N", 7))], attrs={"axis": 1, "num_outputs": 3}, outputs=3)
+    ts = infer("Split", [TensorType(F32, ("N", 7))], attrs={"axis": 1, "num_outputs": 3}, num_outputs=3)
     assert [t.shape for t in ts] == [("N", 3), ("N", 3), ("N", 1)]
 
 
 def test_split_across_opsets():
     x = np.arange(12, dtype=F32).reshape(2, 6)
-    a, b = run("Split", x, attrs={"axis": 1, "split": [2, 4]}, opset=11, outputs=2)  # attribute before 13
+    a, b = run("Split", x, attrs={"axis": 1, "split": [2, 4]}, opset=11, num_outputs=2)  # attribute before 13
     assert a.shape == (2, 2) and b.shape == (2, 4)
-    a, b = run("Split", x, np.array([5, 1], I64), attrs={"axis": 1}, opset=13, outputs=2)
+    a, b = run("Split", x, np.array([5, 1], I64), attrs={"axis": 1}, opset=13, num_outputs=2)
     assert a.shape == (2, 5) and b.shape == (2, 1)
-    parts = run("Split", np.arange(7, dtype=F32), attrs={"num_outputs": 3}, opset=18, outputs=3)
+    parts = run("Split", np.arange(7, dtype=F32), attrs={"num_outputs": 3}, opset=18, num_outputs=3)
     assert [p.size for p in parts] == [3, 3, 1]
     with pytest.raises(ExecutionError):  # unequal parts are only allowed from opset 18
-        run("Split", np.arange(7, dtype=F32), opset=13, outputs=3)
+        run("Split", np.arange(7, dtype=F32), opset=13, num_outputs=3)
 
 
 def test_squeeze_unsqueeze_across_opsets():
