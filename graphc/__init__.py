@@ -5,7 +5,11 @@
     outputs = model.run({"input": array})
 """
 
-from .errors import (ArtifactError, DeviceError, ExecutionError, GraphcError, InputError, InvalidModelError,
+from ._layout import install as _install_checkout_layout
+
+_install_checkout_layout()
+
+from .errors import (  # noqa: E402ArtifactError, DeviceError, ExecutionError, GraphcError, InputError, InvalidModelError,
                      ModelLoadError, OptionError, PassError, ShapeInferenceError, UnsupportedOpError,
                      VerificationError)
 

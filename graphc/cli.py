@@ -23,10 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .backends import KNOWN_TARGETS as TARGETS
 from .errors import GraphcError, InputError, OptionError
-
-TARGETS = ("llvm", "cuda", "reference")
-PRECISIONS = ("fp32", "mixed", "int8")
+from .options import PRECISIONS
 ARTIFACT_SUFFIX = ".gcx"
 _ZIP_MAGIC = b"PK\x03\x04"
 
