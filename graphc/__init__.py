@@ -9,9 +9,9 @@ from ._layout import install as _install_checkout_layout
 
 _install_checkout_layout()
 
-from .errors import (  # noqa: E402ArtifactError, DeviceError, ExecutionError, GraphcError, InputError, InvalidModelError,
-                     ModelLoadError, OptionError, PassError, ShapeInferenceError, UnsupportedOpError,
-                     VerificationError)
+from .errors import (ArtifactError, DeviceError, ExecutionError, GraphcError, InputError,  # noqa: E402
+                     InvalidModelError, ModelLoadError, OptionError, PassError, ShapeInferenceError,
+                     UnsupportedOpError, VerificationError)
 
 __version__ = "0.1.0"
 
