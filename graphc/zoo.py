@@ -89,10 +89,15 @@ def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
         else:
             values = rng.standard_normal(shape) * 0.1
         graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), out))
-        if model.ir_version < 4:  # before IR 4 every initializer must also be listed as a graph input
-            graph.input.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, shape))
     del graph.node[:]
     graph.node.extend(kept)
+    # Before IR 4 every initializer had to be a graph input too, which makes weights overridable inputs that
+    # no engine may fold or prepack; the copy moves to IR 4 and lists only the real inputs.
+    model.ir_version = max(model.ir_version, 4)
+    weights = {t.name for t in graph.initializer}
+    real_inputs = [vi for vi in graph.input if vi.name not in weights]
+    del graph.input[:]
+    graph.input.extend(real_inputs)
     return model
 
 

@@ -32,11 +32,12 @@ def test_timing_statistics():
     assert t.gflops(0) == 0.0
 
 
-def test_time_interleaved_counts_calls():
+def test_time_in_blocks_counts_calls_and_reverses_order():
     calls = []
-    samples = gb.time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], repeat=3, warmup=2)
+    samples = gb.time_in_blocks([lambda: calls.append("a"), lambda: calls.append("b")], repeat=3, warmup=1)
     assert [len(s) for s in samples] == [3, 3]
-    assert calls[:4] == ["a", "a", "b", "b"] and calls[4:] == ["a", "b"] * 3
+    # first half (2 timed + 1 warmup each) in order a, b; second half (1 timed + 1 warmup) in order b, a
+    assert "".join(calls) == "aaa" + "bbb" + "bb" + "aa"
 
 
 def test_compare_outputs():
