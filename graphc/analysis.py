@@ -5,6 +5,7 @@ Symbolic dimensions are taken as 1 here (a batch of one); the report says so.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -31,6 +32,32 @@ def node_cost(node: Node) -> Cost:
         return opdef.cost(OpContext(node, opdef))
     except Exception:  # a cost rule should never stop a report; unknown shapes give no estimate
         return Cost()
+
+
+def _concrete(t):
+    if isinstance(t, TensorType) and t.shape is not None and not t.is_static:
+        return TensorType(t.dtype, tuple(d if isinstance(d, int) else 1 for d in t.shape))
+    return t
+
+
+@contextlib.contextmanager
+def symbolic_dims_as_one(graph: Graph):
+    """Within the block, every value of ``graph`` whose shape has symbolic dims has them set to 1.
+
+    Cost rules read static shapes only; estimating a model with a batch dim ``N`` as a batch of one is what
+    the report promises. The original types are restored on exit.
+    """
+    saved = []
+    for node in graph.walk():
+        for v in list(node.inputs) + list(node.outputs):
+            if v is not None and isinstance(v.type, TensorType) and not v.type.is_static:
+                saved.append((v, v.type))
+                v.type = _concrete(v.type)
+    try:
+        yield
+    finally:
+        for v, t in reversed(saved):
+            v.type = t
 
 
 @dataclass
@@ -75,8 +102,9 @@ def memory_estimate(graph: Graph) -> MemoryEstimate:
 
 def flops_by_op(graph: Graph) -> Counter:
     out: Counter = Counter()
-    for node in graph.walk():
-        out[node.op_type] += node_cost(node).flops
+    with symbolic_dims_as_one(graph):
+        for node in graph.walk():
+            out[node.op_type] += node_cost(node).flops
     return out
 
 

@@ -52,8 +52,12 @@ def test_bad_inputs_name_input_expected_and_given(mlp, feeds, message):
 
 
 def test_report_has_contract_keys(mlp):
-    report = graphc.compile(mlp, target="reference").report()
+    compiled = graphc.compile(mlp, target="reference")
+    report = compiled.report()
     assert report["nodes"] == 5 and report["kernels"] >= 1 and report["fallback_ops"] == []
+    # symbolic batch dims count as 1: 2*1*4*5 + 2*1*5*3, and the graph keeps its symbolic types
+    assert report["flops_by_op"]["MatMul"] == 70
+    assert str(compiled.graph.inputs[0].type) == "float32[N,4]"
     memory = report["memory"]
     assert memory["weights_bytes"] == (4 * 5 + 5 + 5 * 3) * 4
     assert memory["lower_bound_bytes"] <= memory["naive_bytes"]
