@@ -97,6 +97,7 @@ class _Random(OpDef):
     """Shared parts of the random ops. The ``*Like`` variants take shape (and default dtype) from an input."""
 
     fusion = FusionClass.OPAQUE
+    deterministic = False
     like = False
 
     def out_dtype(self, ctx: OpContext, input_dtype) -> np.dtype:

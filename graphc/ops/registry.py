@@ -138,6 +138,8 @@ class OpDef:
     min_opset: int = 1
     #: True for ops whose effect is more than their outputs (none in ONNX inference); DCE keeps them
     side_effects: bool = False
+    #: False for ops whose outputs differ from call to call (random draws): never folded, merged or cached
+    deterministic: bool = True
 
     def infer(self, ctx: OpContext) -> list[Type | None] | None:
         return None

@@ -1,0 +1,1 @@
+"""Ops internal to graphc (fused kernels); being written."""
