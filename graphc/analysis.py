@@ -100,16 +100,32 @@ def memory_estimate(graph: Graph) -> MemoryEstimate:
     return MemoryEstimate(peak, naive, weights, peak_step)
 
 
+def is_fused_kernel(node: Node) -> bool:
+    return node.domain == "graphc" and node.op_type == "FusedKernel"
+
+
+def source_nodes(graph: Graph):
+    """The model's own ops: every node, inside subgraphs and fused kernels too, but not the kernels themselves."""
+    return (node for node in graph.walk() if not is_fused_kernel(node))
+
+
 def flops_by_op(graph: Graph) -> Counter:
+    """FLOPs per op type of the model's ops (a fused kernel's are counted once, under its members' types)."""
     out: Counter = Counter()
     with symbolic_dims_as_one(graph):
-        for node in graph.walk():
+        for node in source_nodes(graph):
             out[node.op_type] += node_cost(node).flops
     return out
 
 
 def count_ops(graph: Graph) -> Counter:
-    return Counter(node.op_type for node in graph.walk())
+    return Counter(node.op_type for node in source_nodes(graph))
+
+
+def bytes_moved(graph: Graph) -> int:
+    """Bytes the kernels of the schedule read and write (inputs and outputs of each top-level node)."""
+    with symbolic_dims_as_one(graph):
+        return sum(c.bytes_read + c.bytes_written for c in map(node_cost, graph.nodes))
 
 
 def parameter_count(graph: Graph) -> int:

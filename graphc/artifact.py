@@ -124,10 +124,10 @@ def load_artifact(path: str | os.PathLike):
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact {path!r}: {exc.strerror or exc}") from None
     options = manifest.get("options") or {}
+    if not isinstance(options, dict):
+        raise ArtifactError(f"{path!r}: manifest options are not an object")
     try:
-        opts = CompileOptions.build(target=options.get("target"), devices=options.get("devices"),
-                                    precision=options.get("precision", "fp32"), threads=options.get("threads"),
-                                    passes=options.get("passes"))
+        opts = CompileOptions.build(**options)
         proto = _parse(model_bytes, path)
     except ModelLoadError as exc:
         raise ArtifactError(f"{path!r}: stored model is unreadable: {exc}") from None

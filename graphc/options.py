@@ -27,7 +27,7 @@ class CompileOptions:
     verify: bool = False  # run the IR verifier after every pass
     passes: list[str] = field(default_factory=list)  # extra (plugin) passes appended to the pipeline
     example_inputs: Any = None  # for torch modules
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # options of the passes (see Pass.options)
 
     @classmethod
     def build(cls, *, target: str | None = None, devices: Any = None, precision: str = "fp32",
@@ -52,15 +52,18 @@ class CompileOptions:
             raise OptionError(f"threads must be a non-negative integer (0 = all cores), got {threads!r}")
         if verify is None:
             verify = os.environ.get("GRAPHC_VERIFY", "") not in ("", "0")
-        unknown = sorted(extra)
+        from .passes.registry import registered_pass_options
+
+        unknown = sorted(set(extra) - set(registered_pass_options()))
         if unknown:
-            raise OptionError(f"unknown compile option(s): {', '.join(unknown)}")
+            raise OptionError(f"unknown compile option(s): {', '.join(unknown)}; pass options are "
+                              f"{', '.join(sorted(registered_pass_options()))}")
         return cls(target=target, devices=device_list, precision=precision, threads=threads, verify=bool(verify),
-                   passes=list(passes or []), example_inputs=example_inputs)
+                   passes=list(passes or []), example_inputs=example_inputs, extra=dict(extra))
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "devices": self.devices, "precision": self.precision,
-                "threads": self.threads, "passes": self.passes}
+                "threads": self.threads, "passes": self.passes, **self.extra}
 
 
 def parse_devices(devices: Any, target: str) -> list[str]:

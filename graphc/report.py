@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from .analysis import count_ops, flops_by_op, memory_estimate, parameter_count
+from .analysis import bytes_moved, count_ops, flops_by_op, memory_estimate, parameter_count
 from .plan import Plan
+
+
+def _fusion_summary(plan: Plan) -> dict | None:
+    for decision in plan.decisions:
+        if decision.get("pass") == "fusion" and decision.get("data", {}).get("summary"):
+            return {k: v for k, v in decision["data"].items() if k != "summary"}
+    return None
 
 
 def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dict:
@@ -11,6 +18,8 @@ def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dic
     mem = memory_estimate(graph)
     flops = flops_by_op(graph)
     fallback = plan.options.get("fallback_ops", [])
+    fusion = _fusion_summary(plan)
+    moved = bytes_moved(graph)
     return {
         "target": plan.target,
         "nodes": imported_nodes,
@@ -29,6 +38,8 @@ def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dic
             "weights_bytes": mem.weights_bytes,
             "symbolic_dims_as": 1,
         },
+        "fusion": fusion,
+        "bytes_moved": {"before": fusion["bytes_before"] if fusion else moved, "after": moved},
         "passes": list(plan.decisions),
         "pipeline": plan.pipeline,
         "compile_seconds": round(compile_seconds, 4),

@@ -109,6 +109,9 @@ class Pass:
     requires: ClassVar[frozenset[str]] = frozenset()
     ensures: ClassVar[frozenset[str]] = frozenset()
     invalidates: ClassVar[frozenset[str]] = frozenset()
+    #: compile options this pass reads with ``ctx.option(name)``, with their defaults; ``graphc.compile``
+    #: accepts exactly these (of every registered pass) besides its own options
+    options: ClassVar[dict[str, Any]] = {}
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         """Transform ``graph`` in place; return True when anything changed."""

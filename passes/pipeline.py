@@ -23,10 +23,12 @@ from ..errors import OptionError
 def default_pipeline(target: str = "llvm", options: dict[str, Any] | None = None) -> list[str]:
     """The built-in passes for ``target`` and ``options`` (precision, devices, ...), in order."""
     options = options or {}
-    pipeline = ["dce"]
-    # Later issues extend this: simplify, fusion, precision (options["precision"]), quantize,
-    # memory planning, partitioning (when options["devices"] has several entries).
-    return pipeline
+    # BatchNorm folding before CSE: CSE may merge identical convolutions, whose outputs then have several
+    # readers and no longer fold. DCE after the simplifications sweeps what they left unread.
+    simplify = ["constant_folding", "noop_elimination", "batchnorm_folding", "cse", "dce"]
+    # Later issues extend this: precision (options["precision"]), quantize, memory planning, partitioning
+    # (when options["devices"] has several entries).
+    return simplify + ["fusion"]
 
 
 def resolve_pipeline(target: str = "llvm", options: dict[str, Any] | None = None) -> list[str]:

@@ -168,3 +168,11 @@ def shadowed_plugins() -> list[str]:
     """Plugins ignored because a built-in or registered pass has the same name."""
     discover_plugins()
     return sorted(set(_PLUGINS) & set(_REGISTRY))
+
+
+def registered_pass_options() -> dict[str, Any]:
+    """Every option that the passes registered in this process declare (``Pass.options``), with its default."""
+    out: dict[str, Any] = {}
+    for factory in _REGISTRY.values():
+        out.update(getattr(factory, "options", {}) or {})
+    return out

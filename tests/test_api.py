@@ -129,3 +129,24 @@ def test_pass_plugins_through_compile_options(mlp):
 
     assert "dce" not in ran(graphc.compile(mlp, target="reference", passes=["-dce"]))
     assert "dce" in ran(graphc.compile(mlp, target="reference"))
+
+
+def test_pass_options_reach_the_passes(mlp):
+    wrapped = graphc.compile(mlp, target="reference")
+    annotated = graphc.compile(mlp, target="reference", fusion_mode="annotate")
+    assert any(n.op_type == "FusedKernel" for n in wrapped.graph.nodes)
+    assert not any(n.op_type == "FusedKernel" for n in annotated.graph.nodes)
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(wrapped(x), annotated(x))
+    with pytest.raises(graphc.GraphcError, match="fusion_mode"):
+        graphc.compile(mlp, target="reference", fusion_mode="sideways")
+
+
+def test_report_counts_fused_flops_once():
+    model = graphc.compile("zoo:resnet50", target="reference")
+    report = model.report()
+    assert report["kernels"] * 3 <= report["nodes"]  # fusion: at least 3x fewer kernels than imported nodes
+    assert report["fusion"]["kernels_after"] == report["kernels"]
+    assert report["bytes_moved"]["after"] < report["bytes_moved"]["before"]
+    unfused = graphc.compile("zoo:resnet50", target="reference", passes=["-fusion"]).report()
+    assert report["flops"] == unfused["flops"] and report["ops"] == unfused["ops"]

@@ -88,7 +88,9 @@ class _Program:
                     env[id(v)] = r
             for v in step.frees:
                 env.pop(id(v), None)
-        return [env[id(v)] for v in graph.outputs]
+        # a graph output that is a weight (constant folding makes those) is copied: the caller owns its outputs
+        return [v.const.copy() if v.is_constant and isinstance(v.const, np.ndarray) else env[id(v)]
+                for v in graph.outputs]
 
     @staticmethod
     def _call(step: _Step, ctx: OpContext, args: list) -> list:

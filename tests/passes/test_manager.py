@@ -222,10 +222,11 @@ def test_factory_registration():
 
 # -- pipelines ---------------------------------------------------------------------------------------------
 def test_default_and_resolved_pipelines():
-    assert default_pipeline("llvm", {}) == ["dce"]
-    assert resolve_pipeline("llvm", {}) == ["dce"]
-    assert resolve_pipeline("llvm", {"passes": ["+myplugin", "+other"]}) == ["dce", "myplugin", "other"]
-    assert resolve_pipeline("llvm", {"passes": "+myplugin, -dce"}) == ["myplugin"]
+    base = default_pipeline("llvm", {})
+    assert base == ["constant_folding", "noop_elimination", "batchnorm_folding", "cse", "dce", "fusion"]
+    assert resolve_pipeline("llvm", {}) == base
+    assert resolve_pipeline("llvm", {"passes": ["+myplugin", "+other"]}) == base + ["myplugin", "other"]
+    assert resolve_pipeline("llvm", {"passes": "+myplugin, -dce"}) == [p for p in base if p != "dce"] + ["myplugin"]
     assert resolve_pipeline("cuda", {"passes": ["mine", "dce", "mine"]}) == ["mine", "dce", "mine"]
     with pytest.raises(OptionError, match="mixes"):
         resolve_pipeline("llvm", {"passes": ["+a", "b"]})

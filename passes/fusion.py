@@ -1,1 +1,0 @@
-"""Pass module being written."""
