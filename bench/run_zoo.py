@@ -25,6 +25,10 @@ from graphc.bench import (DEFAULT_REPEAT, DEFAULT_WARMUP, WEIGHTS, BenchResult, 
                           import_onnxruntime, resolve_threads)
 from graphc.errors import GraphcError
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/torch_models.py, also when loaded by path
+import torch_models  # noqa: E402  (imports torch only when a model is built)
+
+TORCH_MODELS = tuple(torch_models.MODELS)
 HEADER = ("| model | graphc ms | onnxruntime ms | ratio | graphc GFLOP/s | onnxruntime GFLOP/s | outputs |\n"
           "|---|---:|---:|---:|---:|---:|---|")
 
@@ -32,7 +36,9 @@ HEADER = ("| model | graphc ms | onnxruntime ms | ratio | graphc GFLOP/s | onnxr
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(zoo.MODELS),
-                   help=f"comma-separated zoo model names (default: all: {','.join(zoo.MODELS)})")
+                   help=f"comma-separated zoo model names (default: all: {','.join(zoo.MODELS)}); "
+                        f"torch:NAME adds a model exported from PyTorch ({', '.join(TORCH_MODELS)}; needs torch)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the torch:NAME models (default 1)")
     p.add_argument("--threads", type=int, default=0, help="threads for both engines (default 0: all cores)")
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"timed runs (default {DEFAULT_REPEAT})")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed runs (default {DEFAULT_WARMUP})")
@@ -42,10 +48,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="constant (the zoo's own 0.02 fills) or seeded random weights (default constant)")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in zoo.MODELS]
+    known = set(zoo.MODELS) | {f"torch:{m}" for m in TORCH_MODELS}
+    unknown = [m for m in args.models if m not in known]
     if unknown:
-        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(zoo.MODELS)}")
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
     return args
+
+
+def source(name: str, batch: int):
+    """What to hand to bench(): "zoo:NAME", or the ONNX export of a torch:NAME model at ``batch``."""
+    if not name.startswith("torch:"):
+        return f"zoo:{name}", name
+    return torch_models.export(name[len("torch:"):], batch)[0], f"{name} (batch {batch})"
 
 
 def row(result: BenchResult) -> str:
@@ -90,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         started = time.perf_counter()
         try:
-            result = bench(f"zoo:{name}", vs="onnxruntime", threads=threads, repeat=args.repeat,
-                           warmup=args.warmup, target=args.target, weights=args.weights, name=name)
+            model, label = source(name, args.batch)
+            result = bench(model, vs="onnxruntime", threads=threads, repeat=args.repeat, warmup=args.warmup,
+                           target=args.target, weights=args.weights if model == f"zoo:{name}" else "constant",
+                           name=label)
         except GraphcError as exc:
             lines.append(error_row(name, str(exc)))
             print(f"{name}: error: {exc}", file=sys.stderr)

@@ -48,10 +48,20 @@ def export_torch(module: Any, example_inputs: Any) -> onnx.ModelProto:
     example_inputs = tuple(torch.as_tensor(x) for x in example_inputs)
     buffer = io.BytesIO()
     module = module.eval()
+    # torch's fused inference kernels (the "fast path" of nn.MultiheadAttention / TransformerEncoderLayer) have
+    # no ONNX form; exporting the plain composition is what a compiler wants anyway
+    mha = getattr(torch.backends, "mha", None)
+    fastpath = mha.get_fastpath_enabled() if mha is not None else None
     try:
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
         with torch.no_grad():
             torch.onnx.export(module, example_inputs, buffer, dynamo=False,
                               input_names=[f"input_{i}" for i in range(len(example_inputs))])
     except Exception as exc:
-        raise ModelLoadError(f"torch.onnx.export failed for {type(module).__name__}: {exc}") from exc
+        message = " ".join(str(exc).split())[:400]
+        raise ModelLoadError(f"torch.onnx.export failed for {type(module).__name__}: {message}") from exc
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(fastpath)
     return onnx.load_from_string(buffer.getvalue())
