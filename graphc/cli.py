@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_target(p: argparse.ArgumentParser, what: str = "compile for") -> None:
     p.add_argument("--target", choices=TARGETS, default=None,
                    help=f"backend to {what} (default: llvm when available, else reference)")
+    p.add_argument("--passes", metavar="LIST", default=None,
+                   help="edit the pass pipeline: '+name' adds a pass (a plugin), '-name' drops one; "
+                        "or a plain comma-separated list replaces it (see docs/passes.md)")
 
 
 def _add_compile(sub, common) -> None:
@@ -226,6 +229,8 @@ def obtain(model: str, target: str | None = None, **options: Any):
     import graphc
 
     if is_artifact(model):
+        if options.get("passes"):
+            raise OptionError(f"{model!r} is an artifact: its passes already ran; --passes applies to models")
         compiled = graphc.load(model)
         if target and target != compiled.target:
             raise OptionError(f"{model!r} is an artifact compiled for target {compiled.target!r}; --target "
@@ -285,7 +290,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.model.endswith(ARTIFACT_SUFFIX):
         raise OptionError(f"{args.model!r} is already an artifact; give an .onnx model or zoo:NAME")
     compiled = graphc.compile(args.model, target=args.target, devices=args.devices, precision=args.precision,
-                              threads=args.threads)
+                              threads=args.threads, passes=args.passes)
     path = compiled.save(out)
     report = compiled.report()
     print(f"compiled {compiled.source} for {compiled.target}: {report.get('nodes')} nodes -> "
@@ -379,7 +384,7 @@ def write_outputs(outputs: dict[str, Any], directory: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    compiled = obtain(args.model, args.target)
+    compiled = obtain(args.model, args.target, passes=args.passes)
     feeds = gather_inputs(compiled, args.input, args.seed, args.batch)
     outputs = compiled.run(feeds)
     width = max((len(n) for n in outputs), default=0)
@@ -599,6 +604,129 @@ def flops_svg(report: dict, width: int = 720) -> str:
     return "\n".join(parts)
 
 
+_PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+            "#bab0ac", "#86bcb6", "#d37295")
+
+
+def _buffer_category(op: str) -> str:
+    return "fused " + op.split(":", 1)[1] if op.startswith("FusedKernel:") else (op or "?")
+
+
+def memory_svg(compiled, width: int = 1000, height: int = 520) -> str | None:
+    """The memory plan as a picture: x = schedule step, y = arena address, one rectangle per buffer (colour by
+    the producing kernel's kind, tooltip with value, size, lifetime), the live bytes per step as a grey outline
+    and the lower bound LOAD as a dashed line. None when the model has no memory plan."""
+    from .plan.memory import memory_plan_of
+
+    plan = memory_plan_of(compiled.plan)
+    if plan is None:
+        return None
+    esc = html.escape
+    steps = max(plan.steps, 1)
+    top = max(plan.arena_bytes, plan.lower_bound_bytes, 1)
+    strip = 70  # the live-bytes chart under the plan
+    left, right, up, down = 86, 190, 16, 34 + strip + 40
+    pw, ph = width - left - right, height - up - down
+    sx = pw / steps
+
+    def X(step: float) -> float:
+        return left + step * sx
+
+    def Y(addr: float) -> float:
+        return up + ph - addr * ph / top
+
+    producers = {o.name: n for n in compiled.plan.graph.nodes for o in n.outputs if o is not None}
+    categories: dict[str, str] = {}
+    for b in sorted(plan.buffers, key=lambda b: -b.size):
+        cat = _buffer_category(b.op)
+        if cat not in categories:
+            categories[cat] = _PALETTE[len(categories) % len(_PALETTE)] if len(categories) < len(_PALETTE) else "#999"
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="memory plan: schedule step by arena address">',
+             f'<rect x="{left}" y="{up}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>']
+    # y ticks
+    for i in range(5):
+        addr = top * i / 4
+        parts.append(f'<line x1="{left - 4}" x2="{left + pw}" y1="{Y(addr):.1f}" y2="{Y(addr):.1f}" '
+                     f'stroke="#e4e4e4"/><text x="{left - 6}" y="{Y(addr) + 4:.1f}" text-anchor="end">'
+                     f'{esc(human_bytes(addr))}</text>')
+    # x ticks: about 10
+    tick = max(1, int(round(steps / 10 / 5.0)) * 5) if steps > 20 else max(1, steps // 10 or 1)
+    for t in range(0, steps + 1, tick):
+        parts.append(f'<line x1="{X(t):.1f}" x2="{X(t):.1f}" y1="{up + ph}" y2="{up + ph + 4}" stroke="#888"/>'
+                     f'<text x="{X(t):.1f}" y="{up + ph + 16}" text-anchor="middle">{t}</text>'
+                     f'<line x1="{X(t):.1f}" x2="{X(t):.1f}" y1="{up + ph + 24 + strip}" y2="{up + ph + 28 + strip}" '
+                     f'stroke="#888"/><text x="{X(t):.1f}" y="{up + ph + 40 + strip}" text-anchor="middle">{t}</text>')
+    parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 4}" text-anchor="middle">schedule step (kernel)</text>'
+                 f'<text x="12" y="{up + ph / 2:.1f}" text-anchor="middle" '
+                 f'transform="rotate(-90 12 {up + ph / 2:.1f})">arena address</text>')
+    for b in sorted(plan.buffers, key=lambda b: b.offset):
+        x, w = X(b.start), max((b.end - b.start + 1) * sx, 1.0)
+        y0, y1 = Y(b.offset + b.size), Y(b.offset)
+        node = producers.get(b.value)
+        what = _members(node) if node is not None and _members(node) else (node.op_type if node else b.op)
+        tip = (f"{b.value} ({what})\n{human_bytes(b.size)} ({b.size:,} bytes) at offset {b.offset:,}\n"
+               f"live steps {b.start}..{b.end}" + (f"\nin place of {b.in_place_of}" if b.in_place_of else ""))
+        parts.append(f'<rect x="{x:.2f}" y="{y0:.2f}" width="{w:.2f}" height="{max(y1 - y0, 0.8):.2f}" '
+                     f'fill="{categories[_buffer_category(b.op)]}" stroke="#fff" stroke-width="0.6">'
+                     f'<title>{esc(tip)}</title></rect>')
+    # live bytes per step (the curve whose maximum is LOAD)
+    from .plan.memory import _slots
+
+    live = [0] * (steps + 1)
+    for s in _slots(plan.buffers, plan.alignment):
+        for t in range(s.start, min(s.end, steps - 1) + 1):
+            live[t] += s.size
+    # under the plan, aligned on its x axis: bytes live per step; its maximum is LOAD
+    sy0 = up + ph + 24
+    peak = max(live[:steps], default=0) or 1
+
+    def SY(v: float) -> float:
+        return sy0 + strip - v * strip / peak
+
+    path = [f"M{X(0):.1f},{SY(0):.1f}"]
+    for t in range(steps):
+        path.append(f"L{X(t):.1f},{SY(live[t]):.1f}L{X(t + 1):.1f},{SY(live[t]):.1f}")
+    path.append(f"L{X(steps):.1f},{SY(0):.1f}Z")
+    peak_step = live.index(peak) if peak in live else 0
+    parts.append(f'<rect x="{left}" y="{sy0}" width="{pw}" height="{strip}" fill="#fafafa" stroke="#ccc"/>'
+                 f'<path d="{"".join(path)}" fill="#9db4d6" stroke="#4a6fa5" stroke-width="0.8">'
+                 f'<title>bytes live per step (max = LOAD)</title></path>'
+                 f'<line x1="{X(peak_step + 0.5):.1f}" x2="{X(peak_step + 0.5):.1f}" y1="{up}" y2="{sy0 + strip}" '
+                 f'stroke="#d00" stroke-width="0.8" stroke-dasharray="2,3"><title>LOAD reached at step {peak_step}'
+                 f'</title></line>'
+                 f'<text x="{left - 6}" y="{sy0 + 10}" text-anchor="end">{esc(human_bytes(peak))}</text>'
+                 f'<text x="{left + pw + 8}" y="{sy0 + strip / 2 + 4:.1f}">bytes live per step</text>'
+                 f'<text x="{left + pw + 8}" y="{sy0 + strip / 2 + 20:.1f}" fill="#d00">peak: step {peak_step}'
+                 f'</text>')
+    ly, ay = Y(plan.lower_bound_bytes), Y(plan.arena_bytes)
+    parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{ly:.1f}" y2="{ly:.1f}" stroke="#d00" '
+                 f'stroke-dasharray="6,4" stroke-width="1.5"><title>LOAD {plan.lower_bound_bytes:,} bytes'
+                 f'</title></line>')
+    lx = left + pw + 8
+    if plan.arena_bytes != plan.lower_bound_bytes:
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{ay:.1f}" y2="{ay:.1f}" stroke="#000" '
+                     f'stroke-width="1"/><text x="{lx}" y="{ay + 4:.1f}">arena {esc(human_bytes(plan.arena_bytes))}'
+                     f'</text>')
+        parts.append(f'<text x="{lx}" y="{ly + 14:.1f}" fill="#d00">LOAD {esc(human_bytes(plan.lower_bound_bytes))}'
+                     f'</text>')
+    else:
+        parts.append(f'<text x="{lx}" y="{ly + 4:.1f}" fill="#d00">arena = LOAD</text>'
+                     f'<text x="{lx}" y="{ly + 18:.1f}" fill="#d00">{esc(human_bytes(plan.lower_bound_bytes))}</text>')
+    ly0 = up + 48
+    for i, (cat, colour) in enumerate(categories.items()):
+        y = ly0 + i * 17
+        parts.append(f'<rect x="{lx}" y="{y}" width="12" height="12" fill="{colour}"/>'
+                     f'<text x="{lx + 17}" y="{y + 10}">{esc(cat)}</text>')
+    parts.append("</svg>")
+    ratio = plan.arena_bytes / plan.lower_bound_bytes if plan.lower_bound_bytes else 1.0
+    caption = (f"<p>{len(plan.buffers)} buffers in one arena of {esc(human_bytes(plan.arena_bytes))}: "
+               f"{ratio:.3f} x the lower bound LOAD ({esc(human_bytes(plan.lower_bound_bytes))}); without reuse "
+               f"{esc(human_bytes(plan.naive_bytes))}. Placement: {esc(plan.heuristic)}; "
+               f"{plan.in_place_count} buffer(s) in place. Hover a rectangle for its value.</p>")
+    return caption + "\n".join(parts)
+
+
 def render_html(compiled, tables: list[Table]) -> str:
     """A self-contained page: the same tables plus the FLOPs chart, no external scripts or styles."""
     esc = html.escape
@@ -607,6 +735,10 @@ def render_html(compiled, tables: list[Table]) -> str:
         body.append(f"<h2>{esc(t.title)}</h2>")
         if t.title == "Op types":
             body.append(flops_svg(compiled.report()))
+        if t.title == "Memory":
+            picture = memory_svg(compiled)
+            if picture:
+                body.append(picture)
         if not t.rows:
             body.append("<p>(none)</p>")
             continue
@@ -624,7 +756,7 @@ def render_html(compiled, tables: list[Table]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    compiled = obtain(args.model, args.target)
+    compiled = obtain(args.model, args.target, passes=args.passes)
     tables = model_tables(compiled, with_nodes=args.nodes)
     if args.json:
         print(json.dumps(compiled.report(), indent=2, default=str))

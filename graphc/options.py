@@ -50,6 +50,8 @@ class CompileOptions:
             threads = 0
         if not isinstance(threads, int) or threads < 0:
             raise OptionError(f"threads must be a non-negative integer (0 = all cores), got {threads!r}")
+        if isinstance(passes, str):
+            passes = [p.strip() for p in passes.split(",") if p.strip()]
         if verify is None:
             verify = os.environ.get("GRAPHC_VERIFY", "") not in ("", "0")
         from .passes.registry import registered_pass_options

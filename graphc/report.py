@@ -13,9 +13,46 @@ def _fusion_summary(plan: Plan) -> dict | None:
     return None
 
 
+def _memory_summary(plan: Plan) -> dict | None:
+    for decision in reversed(plan.decisions):
+        data = decision.get("data", {})
+        if decision.get("pass") == "memory_planning" and data.get("summary"):
+            return data
+    return None
+
+
+def _memory(plan: Plan) -> dict:
+    mem = memory_estimate(plan.graph)
+    planned = _memory_summary(plan)
+    if planned is None:
+        # no memory plan: the reference backend allocates each tensor separately and frees it after its last
+        # reader, so what it holds at its peak is exactly the liveness lower bound (inputs and outputs included)
+        return {"arena_bytes": mem.lower_bound_bytes, "lower_bound_bytes": mem.lower_bound_bytes,
+                "naive_bytes": mem.naive_bytes, "weights_bytes": mem.weights_bytes, "symbolic_dims_as": 1}
+    # the memory plan covers the intermediates (graph inputs, outputs and weights have buffers of their own)
+    return {
+        "arena_bytes": planned["arena_bytes"],
+        "lower_bound_bytes": planned["lower_bound_bytes"],
+        "naive_bytes": planned["naive_bytes"],
+        "weights_bytes": mem.weights_bytes,
+        "heuristic": planned.get("heuristic"),
+        "in_place": planned.get("in_place", 0),
+        "schedule": planned.get("schedule", "given"),
+        "rescale": planned.get("rescale", "static"),
+        "io_bytes": _io_bytes(plan.graph),
+        "symbolic_dims_as": 1,
+    }
+
+
+def _io_bytes(graph) -> int:
+    from .analysis import concrete_bytes
+
+    values = {id(v): v for v in list(graph.inputs) + list(graph.outputs) if not v.is_constant}
+    return sum(concrete_bytes(v.type) for v in values.values())
+
+
 def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dict:
     graph = plan.graph
-    mem = memory_estimate(graph)
     flops = flops_by_op(graph)
     fallback = plan.options.get("fallback_ops", [])
     fusion = _fusion_summary(plan)
@@ -29,15 +66,7 @@ def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dic
         "flops": int(sum(flops.values())),
         "flops_by_op": {k: int(v) for k, v in sorted(flops.items()) if v},
         "params": parameter_count(graph),
-        "memory": {
-            # the reference backend allocates each tensor separately and frees it after its last reader,
-            # so what it holds at its peak is exactly the liveness lower bound
-            "arena_bytes": mem.lower_bound_bytes,
-            "lower_bound_bytes": mem.lower_bound_bytes,
-            "naive_bytes": mem.naive_bytes,
-            "weights_bytes": mem.weights_bytes,
-            "symbolic_dims_as": 1,
-        },
+        "memory": _memory(plan),
         "fusion": fusion,
         "bytes_moved": {"before": fusion["bytes_before"] if fusion else moved, "after": moved},
         "passes": list(plan.decisions),

@@ -3,9 +3,9 @@
 ``passes`` (a compile option, also ``--passes`` on the CLI) is a list of pass names or a comma-separated
 string, in one of two forms:
 
-- **edits of the default**, every entry prefixed: ``"+name"`` appends a pass after the built-ins (in the
-  order given; plugins go here), ``"-name"`` drops a built-in. ``passes=["+myplugin"]`` runs the default
-  pipeline, then ``myplugin``;
+- **edits of the default**, every entry prefixed: ``"+name"`` adds a pass after the built-in rewrites (in
+  the order given; plugins go here) and before the lowering passes (memory planning), ``"-name"`` drops a
+  built-in. ``passes=["+myplugin"]`` runs the default rewrites, then ``myplugin``, then memory planning;
 - **an explicit pipeline**, no entry prefixed: exactly these passes, in this order
   (``passes=["dce", "myplugin", "dce"]``).
 
@@ -26,9 +26,13 @@ def default_pipeline(target: str = "llvm", options: dict[str, Any] | None = None
     # BatchNorm folding before CSE: CSE may merge identical convolutions, whose outputs then have several
     # readers and no longer fold. DCE after the simplifications sweeps what they left unread.
     simplify = ["constant_folding", "noop_elimination", "batchnorm_folding", "cse", "dce"]
-    # Later issues extend this: precision (options["precision"]), quantize, memory planning, partitioning
-    # (when options["devices"] has several entries).
-    return simplify + ["fusion"]
+    # Later issues extend this: precision (options["precision"]), quantize, partitioning (when
+    # options["devices"] has several entries). Memory planning stays last: it plans the kernels that will run.
+    return simplify + ["fusion", "memory_planning"]
+
+
+#: passes that plan the final program rather than rewrite the graph; they run after everything else
+LOWERING_PASSES = ("memory_planning",)
 
 
 def resolve_pipeline(target: str = "llvm", options: dict[str, Any] | None = None) -> list[str]:
@@ -51,7 +55,9 @@ def resolve_pipeline(target: str = "llvm", options: dict[str, Any] | None = None
         if not name:
             raise OptionError(f"passes={spec!r}: {entry!r} names no pass")
         if entry[0] == "+":
-            pipeline.append(name)
+            # added passes transform the graph: they go before the lowering passes that plan what will run
+            lowering = [i for i, p in enumerate(pipeline) if p in LOWERING_PASSES]
+            pipeline.insert(lowering[0] if lowering else len(pipeline), name)
         elif name in pipeline:
             pipeline = [p for p in pipeline if p != name]
         else:

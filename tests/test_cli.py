@@ -315,3 +315,12 @@ def test_compile_and_run_do_not_import_onnxruntime(model_path):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_passes_flag_edits_the_pipeline(capsys):
+    code, out, err = run_cli(capsys, "inspect", "zoo:squeezenet", "--json", "--passes=-fusion")
+    assert code == 0, err
+    ran = [record["name"] for record in json.loads(out)["pipeline"]["passes"]]
+    assert "fusion" not in ran and "constant_folding" in ran
+    code, out, err = run_cli(capsys, "inspect", "zoo:squeezenet", "--passes=+no_such_pass")
+    assert code == 2 and "no_such_pass" in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ from ...errors import ExecutionError, GraphcError
 from ...ir.graph import Graph, Node, node_reads
 from ...ops import OpContext, lookup
 from ...plan import Plan
+from ...plan.memory import MemoryPlan, memory_plan_of
 
 
 @dataclass
@@ -67,7 +69,7 @@ class _Program:
             prog = self.subprograms[id(graph)] = _Program(graph)
         return prog
 
-    def run(self, inputs: list, parent_env: _Env | None = None) -> list:
+    def run(self, inputs: list, parent_env: _Env | None = None, memory_plan: MemoryPlan | None = None) -> list:
         graph = self.graph
         env = _Env(parent_env)
         if len(inputs) != len(graph.inputs):
@@ -76,6 +78,7 @@ class _Program:
             env[id(v)] = x
         for v in graph.initializers.values():
             env[id(v)] = v.const
+        arena = _Arena(memory_plan, graph, inputs) if memory_plan is not None else None
         for step in self.steps:
             args = [env[id(v)] if v is not None else None for v in step.inputs]
             ctx = step.ctx
@@ -83,6 +86,8 @@ class _Program:
                 ctx = copy.copy(ctx)
                 ctx.subgraph_runner = lambda g, xs, _env=env: self.subprogram(g).run(list(xs), _env)
             results = self._call(step, ctx, args)
+            if arena is not None:
+                results = [arena.store(step.node, v, r) if v is not None else r for v, r in zip(step.outputs, results)]
             for v, r in zip(step.outputs, results):
                 if v is not None:
                     env[id(v)] = r
@@ -111,14 +116,57 @@ class _Program:
         return [np.asarray(r) if isinstance(r, np.generic) else r for r in out]
 
 
+class _Arena:
+    """Arena execution (``GRAPHC_ARENA=1`` or the compile option ``execute_in_arena=True``): one byte array of
+    the planned size per run; every planned value is copied into its slot right after its node ran, and its
+    readers get the view of that slot. Slower than the plain interpreter, but it proves the plan: were two
+    buffers live at once to overlap, the later write would change what an earlier value's readers see, and
+    the outputs would differ. Values outside the plan (graph outputs, unplanned values) never alias the arena.
+    """
+
+    def __init__(self, memory_plan: MemoryPlan, graph: Graph, inputs: list):
+        bindings: dict[str, int] = {}
+        for v, x in zip(graph.inputs, inputs):
+            shape = getattr(getattr(v, "type", None), "shape", None)
+            if shape is not None and hasattr(x, "shape") and len(shape) == len(x.shape):
+                bindings.update({d: int(n) for d, n in zip(shape, x.shape) if isinstance(d, str)})
+        try:
+            plan = memory_plan.at(bindings)
+        except KeyError as exc:
+            raise ExecutionError(f"arena execution: symbolic dim {exc.args[0]!r} is not bound by the inputs") from None
+        self.plan = plan
+        self.buffers = plan.by_value()
+        self.memory = np.empty(plan.arena_bytes, np.uint8)
+
+    def store(self, node: Node, value, result):
+        buf = self.buffers.get(value.name)
+        if buf is None:  # not planned: keep the result, but never as a view of the arena
+            if isinstance(result, np.ndarray) and np.may_share_memory(result, self.memory):
+                return result.copy()
+            return result
+        result = np.asarray(result)
+        if result.nbytes != buf.size:
+            raise ExecutionError(f"arena execution: {node.op_type} node {node.name!r} wrote {result.nbytes} bytes "
+                                 f"for {value.name!r}, the plan holds {buf.size}")
+        view = self.memory[buf.offset:buf.offset + buf.size].view(result.dtype).reshape(result.shape)
+        np.copyto(view, result)
+        return view
+
+
+def _arena_requested(plan: Plan) -> bool:
+    env = os.environ.get("GRAPHC_ARENA", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env or bool(plan.options.get("execute_in_arena"))
+
+
 class ReferenceExecutable:
     def __init__(self, plan: Plan):
         self.plan = plan
         self._program = _Program(plan.graph)
+        self.memory_plan = memory_plan_of(plan) if _arena_requested(plan) else None
 
     def run(self, inputs: list) -> list:
         with np.errstate(all="ignore"):
-            return self._program.run(list(inputs))
+            return self._program.run(list(inputs), memory_plan=self.memory_plan)
 
 
 def compile(plan: Plan) -> ReferenceExecutable:

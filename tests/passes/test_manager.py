@@ -223,10 +223,15 @@ def test_factory_registration():
 # -- pipelines ---------------------------------------------------------------------------------------------
 def test_default_and_resolved_pipelines():
     base = default_pipeline("llvm", {})
-    assert base == ["constant_folding", "noop_elimination", "batchnorm_folding", "cse", "dce", "fusion"]
+    assert base == ["constant_folding", "noop_elimination", "batchnorm_folding", "cse", "dce", "fusion",
+                    "memory_planning"]
     assert resolve_pipeline("llvm", {}) == base
-    assert resolve_pipeline("llvm", {"passes": ["+myplugin", "+other"]}) == base + ["myplugin", "other"]
-    assert resolve_pipeline("llvm", {"passes": "+myplugin, -dce"}) == [p for p in base if p != "dce"] + ["myplugin"]
+    rewrites = base[:-1]  # everything before memory planning, which plans what will run and so stays last
+    assert resolve_pipeline("llvm", {"passes": ["+myplugin", "+other"]}) == rewrites + ["myplugin", "other",
+                                                                                        "memory_planning"]
+    assert resolve_pipeline("llvm", {"passes": "+myplugin, -dce"}) == (
+        [p for p in rewrites if p != "dce"] + ["myplugin", "memory_planning"])
+    assert resolve_pipeline("llvm", {"passes": "-memory_planning, +myplugin"}) == rewrites + ["myplugin"]
     assert resolve_pipeline("cuda", {"passes": ["mine", "dce", "mine"]}) == ["mine", "dce", "mine"]
     with pytest.raises(OptionError, match="mixes"):
         resolve_pipeline("llvm", {"passes": ["+a", "b"]})
