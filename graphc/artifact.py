@@ -137,13 +137,17 @@ def _jsonable(x: Any) -> Any:
 
 # -- saving ---------------------------------------------------------------------------------------------------
 class StoredModel:
-    """The source model of a loaded artifact: its bytes, parsed into an ``onnx.ModelProto`` only when asked."""
+    """The source model of a loaded artifact: read (and checked) from the artifact, then parsed into an
+    ``onnx.ModelProto``, only when asked -- running a loaded model never needs it, saving it again does.
+    """
 
     def __init__(self, data):
-        self._data = data  # bytes, or a uint8 array as read from the artifact
+        self._data = data  # bytes, a uint8 array as read from the artifact, or a callable that reads them
         self._proto = None
 
     def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name, so save() and bench take either
+        if callable(self._data):
+            self._data = self._data()
         if not isinstance(self._data, bytes):
             self._data = bytes(self._data)
         return self._data
@@ -439,8 +443,11 @@ def load_artifact(path: str | os.PathLike):
                 return _load_v1(manifest, model_bytes, path)
             _check_version(manifest, path)
             _check_host(manifest, path)
-            names = ["weights.bin", "plan.json"] + (["model.onnx"] if "model.onnx" in manifest["parts"] else [])
-            for name in names:  # cheap checks first, so a broken part is named before anything is read
+            # the source model is only needed to save again: checked for presence and size now, read and
+            # hashed when (if ever) it is asked for
+            has_model = "model.onnx" in manifest["parts"]
+            names = ["weights.bin", "plan.json"]
+            for name in names + (["model.onnx"] if has_model else []):  # cheap checks first, broken part named
                 _open_part(zf, _part_meta(manifest, name, path), name, path)
             # the big parts are read and hashed in parallel (file reads and hashlib release the GIL)
             with ThreadPoolExecutor(max_workers=len(names)) as pool:
@@ -449,12 +456,21 @@ def load_artifact(path: str | os.PathLike):
                 buffers = {n: f.result() for n, f in futures.items()}
             plan_bytes = buffers["plan.json"].tobytes()
             blob = buffers["weights.bin"]
-            model_bytes = buffers.get("model.onnx")
+            model_bytes = (lambda: _read_source_model(path, manifest)) if has_model else None
     except zipfile.BadZipFile:
         raise ArtifactError(f"{path!r} is not a graphc artifact (not a zip archive, or truncated)") from None
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact {path!r}: {exc.strerror or exc}") from None
     return _load_v2(manifest, plan_bytes, blob, model_bytes, path, start)
+
+
+def _read_source_model(path: str, manifest: dict) -> bytes:
+    """The artifact's model.onnx, checked against its SHA-256 (read lazily, see StoredModel)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return read_part(zf, manifest, "model.onnx", path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArtifactError(f"cannot read the source model kept in {path!r}: {exc}") from None
 
 
 def _check_version(manifest: dict, path: str) -> None:
@@ -494,7 +510,7 @@ def _load_v1(manifest: dict, model_bytes: bytes, path: str):
     return compile_proto(proto, None, manifest.get("source", path), opts)
 
 
-def _load_v2(manifest: dict, plan_bytes: bytes, blob: np.ndarray, model_bytes: np.ndarray | None, path: str,
+def _load_v2(manifest: dict, plan_bytes: bytes, blob: np.ndarray, model_bytes, path: str,
              start: float):
     from .backends import get_backend
     from .ir.verify import verify

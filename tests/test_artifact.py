@@ -316,7 +316,6 @@ def _set(getter, key, value):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda p: _rewrite(p, "model.onnx", _flip_last), "SHA-256"),
     (lambda p: _rewrite(p, "model.onnx", lambda d: d[:10]), "bytes"),
     (lambda p: _rewrite(p, "manifest.json", lambda d: d.replace(b'"format_version": 2', b'"format_version": 99')),
      "format version"),
@@ -350,6 +349,15 @@ def test_corrupted_artifacts_raise_artifact_error(mlp_artifact, mutate, message)
     mutate(mlp_artifact)
     with pytest.raises(ArtifactError, match=message):
         graphc.load(mlp_artifact)
+
+
+def test_tampered_source_model_is_caught_when_it_is_used(mlp_artifact, tmp_path):
+    """Running never reads the kept model.onnx (that keeps loading fast); saving again does, and checks it."""
+    _rewrite(mlp_artifact, "model.onnx", _flip_last)
+    loaded = graphc.load(mlp_artifact)
+    loaded(np.ones((2, 4), np.float32))
+    with pytest.raises(ArtifactError, match="model.onnx.*SHA-256"):
+        loaded.save(tmp_path / "again.gcx")
 
 
 def _paths(doc, prefix=()):
