@@ -251,7 +251,7 @@ def compare_outputs(expected: dict[str, np.ndarray], got: dict[str, np.ndarray],
 
 def bench(model: Any, *, vs: str | None = None, threads: int | None = None, repeat: int = DEFAULT_REPEAT,
           warmup: int = DEFAULT_WARMUP, batch: int = 1, target: str | None = None, weights: str = "constant",
-          seed: int = 0, name: str | None = None) -> BenchResult:
+          seed: int = 0, name: str | None = None, passes: Any = None) -> BenchResult:
     """Compile ``model``, time it (and onnxruntime with ``vs="onnxruntime"``) on the same inputs."""
     import graphc
 
@@ -261,7 +261,7 @@ def bench(model: Any, *, vs: str | None = None, threads: int | None = None, repe
     if vs:
         import_onnxruntime()  # fail before a long compile
     threads = resolve_threads(threads)
-    compiled = graphc.compile(load_source(model, weights, seed), target=target, threads=threads)
+    compiled = graphc.compile(load_source(model, weights, seed), target=target, threads=threads, passes=passes)
     symbolic = has_symbolic_dim(compiled)
     if batch != 1 and not symbolic:
         raise OptionError(f"--batch {batch}: this model's inputs have no symbolic dimension "

@@ -780,7 +780,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench, format_table
 
     result = bench(args.model, vs=args.vs, threads=args.threads, repeat=args.repeat, warmup=args.warmup,
-                   batch=args.batch, target=args.target, weights=args.weights)
+                   batch=args.batch, target=args.target, weights=args.weights, passes=args.passes)
     print(format_table(result))
     if result.ort is not None and not result.agree:
         _note(f"warning: graphc and onnxruntime outputs differ ({', '.join(result.mismatched)})")

@@ -324,3 +324,19 @@ def test_passes_flag_edits_the_pipeline(capsys):
     assert "fusion" not in ran and "constant_folding" in ran
     code, out, err = run_cli(capsys, "inspect", "zoo:squeezenet", "--passes=+no_such_pass")
     assert code == 2 and "no_such_pass" in err and "Traceback" not in err
+
+
+def test_bench_honours_passes(capsys, monkeypatch):
+    import graphc
+
+    original, seen = graphc.compile, {}
+
+    def spy(model, **options):
+        seen.update(options)
+        return original(model, **options)
+
+    monkeypatch.setattr(graphc, "compile", spy)
+    code, out, err = run_cli(capsys, "bench", "zoo:squeezenet", "--repeat", "1", "--warmup", "0",
+                             "--passes=-fusion")
+    assert code == 0, err
+    assert seen.get("passes") == "-fusion"
