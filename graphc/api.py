@@ -11,17 +11,18 @@ from .options import CompileOptions
 
 
 def compile(model: Any, *, target: str | None = None, devices: Any = None, precision: str = "fp32",
-            **options: Any) -> CompiledModel:
+            cache: Any = None, **options: Any) -> CompiledModel:
     """Compile a model for a target.
 
     ``model`` is a path to an .onnx file, an ``onnx.ModelProto``, ONNX bytes, ``"zoo:NAME"`` (a light model
     bundled with the onnx package, see :mod:`graphc.zoo`), or a ``torch.nn.Module`` with ``example_inputs=``.
     ``target`` is ``"llvm"``, ``"cuda"`` or ``"reference"``; None picks the best one this build has.
+    ``cache``: True, False or a directory (see :mod:`graphc.cache`); None uses ``$GRAPHC_CACHE_DIR`` when set.
     """
-    from .pipeline import compile_model
+    from .cache import compile_cached
 
     opts = CompileOptions.build(target=target, devices=devices, precision=precision, **options)
-    return compile_model(model, opts)
+    return compile_cached(model, opts, cache)
 
 
 def load(path: str | os.PathLike) -> CompiledModel:
