@@ -43,9 +43,11 @@ class CompileOptions:
         if precision != "fp32":
             raise OptionError(f"precision={precision!r} is not implemented yet in this version; use 'fp32'")
         device_list = parse_devices(devices, target)
-        if len(device_list) > 1:
-            raise OptionError(f"devices={devices!r}: multi-device execution is not implemented yet in this "
-                              "version; use one device")
+        if len(device_list) > 1 and extra.get("device_spec") is None:
+            # the partitioning pass needs the devices' numbers, not just names; kept with the options (JSON)
+            from .devices import resolve_devices
+
+            extra["device_spec"] = resolve_devices(devices, target).to_dict()
         if threads is None:
             threads = 0
         if not isinstance(threads, int) or threads < 0:
@@ -69,7 +71,7 @@ class CompileOptions:
 
 
 def parse_devices(devices: Any, target: str) -> list[str]:
-    """``None`` / ``"cpu:0,cpu:1"`` / ``"cuda:0-7"`` / an int count -> a list of device names."""
+    """``None`` / ``"cpu:0,cpu:1"`` / ``"cuda:0-7"`` / an int count / a preset / a spec file -> device names."""
     kind = "cuda" if target == "cuda" else "cpu"
     if devices is None:
         return [f"{kind}:0"]
@@ -82,6 +84,10 @@ def parse_devices(devices: Any, target: str) -> list[str]:
     if isinstance(devices, (list, tuple)):
         items = [str(d) for d in devices]
     elif isinstance(devices, str):
+        from .devices import is_spec_name, resolve_devices
+
+        if is_spec_name(devices):  # a preset ("h100x8") or a spec file ("devices.toml")
+            return resolve_devices(devices, target).names
         items = [d.strip() for d in devices.split(",") if d.strip()]
     else:
         raise OptionError(f"devices must be a string, a list or a count, got {type(devices).__name__}")

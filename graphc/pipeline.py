@@ -33,6 +33,11 @@ def compile_proto(proto, base_dir, source: str, opts: CompileOptions, start: flo
     result = PassManager(pipeline, verify=ctx.verify).run(graph, ctx)
     plan = Plan(graph=graph, target=opts.target, options=options,
                 decisions=[d.to_dict() for d in ctx.decisions], pipeline=result.to_dict())
-    executable = backend.compile(plan)
+    if len(opts.devices) > 1:  # partitioned: one worker process per device (graphc/runtime/multidevice.py)
+        from .runtime.multidevice import compile_plan
+
+        executable = compile_plan(plan)
+    else:
+        executable = backend.compile(plan)
     return CompiledModel(plan=plan, executable=executable, source_model=proto, source=source, options=opts,
                          imported_nodes=imported_nodes, compile_seconds=time.perf_counter() - start)

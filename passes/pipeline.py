@@ -26,13 +26,14 @@ def default_pipeline(target: str = "llvm", options: dict[str, Any] | None = None
     # BatchNorm folding before CSE: CSE may merge identical convolutions, whose outputs then have several
     # readers and no longer fold. DCE after the simplifications sweeps what they left unread.
     simplify = ["constant_folding", "noop_elimination", "batchnorm_folding", "cse", "dce"]
-    # Later issues extend this: precision (options["precision"]), quantize, partitioning (when
-    # options["devices"] has several entries). Memory planning stays last: it plans the kernels that will run.
-    return simplify + ["fusion", "memory_planning"]
+    # Later issues extend this: precision (options["precision"]), quantize. Partitioning runs when several
+    # devices are given, on the fused kernels. Memory planning stays last: it plans the kernels that will run.
+    partition = ["partitioning"] if len(options.get("devices") or []) > 1 else []
+    return simplify + ["fusion"] + partition + ["memory_planning"]
 
 
 #: passes that plan the final program rather than rewrite the graph; they run after everything else
-LOWERING_PASSES = ("memory_planning",)
+LOWERING_PASSES = ("partitioning", "memory_planning")
 
 
 def resolve_pipeline(target: str = "llvm", options: dict[str, Any] | None = None) -> list[str]:

@@ -11,6 +11,7 @@ from .registry import (REGISTRY, REQUIRED, ByOpset, Cost, FusionClass, OpContext
 _FAMILIES = [
     "elementwise", "quantize", "tensor", "indexing", "nn", "pooling", "normalization", "linalg", "reduce",
     "attention", "rnn", "control", "sequence", "signal", "losses", "misc", "ml", "fused",
+    "transfer",
 ]
 for _family in _FAMILIES:
     import_module(f"{__name__}.{_family}")

@@ -1,0 +1,642 @@
+"""Local multi-device execution: one worker process per device, activations through shared memory.
+
+A partitioned plan (passes/partitioning.py) is cut into one graph per stage (:func:`split_stages`). For each
+replica and stage a worker process is started (``spawn``: a clean interpreter, no inherited threads or locks),
+pinned with ``os.sched_setaffinity`` to its device's cores, with BLAS/OpenMP thread counts set to that many
+cores. Each worker compiles its stage with the plan's target backend
+(``graphc.backends.get_backend(target).compile(stage_plan)``: reference today, llvm when it exists) and then
+serves ``run`` requests.
+
+Data path. Weights of a stage are written once into a shared-memory block that the stage's workers map
+read-only (no copy per replica). The coordinator (the calling process) writes each micro-batch's graph inputs
+into its input ring; every worker writes its stage's outputs into its own output ring; a reader maps the
+producer's ring and reads the slot in place. A ring has ``depth`` slots (slot = micro-batch number mod depth)
+and the coordinator never has more than ``depth`` micro-batches in flight, so a slot is rewritten only after
+every reader of its previous micro-batch has finished. Rings are sized from the stage outputs' types with the
+symbolic dims bound by the inputs, and regrown between streams when the inputs grow; an output that does not
+fit (a data-dependent shape, a sequence) travels pickled through the worker's pipe instead.
+
+Control path. Small messages over one pipe per worker (run / done / error / heartbeat). The coordinator
+sends a stage its ``run`` as soon as all its inputs exist, so stages overlap across micro-batches (pipeline
+parallelism) and replicas take micro-batches in turn (data parallelism).
+
+Failures. A worker that exits is seen through its process sentinel at once; one whose heartbeat (a thread
+beating every 0.2 s) stops for ``hang_timeout`` seconds (default 5) is declared hung; a task running longer
+than ``task_timeout`` (default: none) is declared stuck. Each raises a :class:`~graphc.errors.DeviceError`
+naming the stage, device and process, kills the pool, and the next run starts a fresh one. An error inside a
+kernel comes back as the worker's :class:`ExecutionError`. Results are assembled only when every output of
+a micro-batch has arrived: a run returns all its outputs or raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+import traceback
+import types
+import weakref
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from multiprocessing.connection import wait
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import DeviceError, ExecutionError, GraphcError
+
+ALIGN = 64
+HEARTBEAT_S = 0.2
+DEFAULT_HANG_TIMEOUT_S = 5.0
+DEFAULT_START_TIMEOUT_S = 300.0
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS")
+
+
+def _aligned(n: int) -> int:
+    return -(-int(n) // ALIGN) * ALIGN
+
+
+def partition_summary(plan) -> dict | None:
+    for decision in reversed(plan.decisions):
+        data = decision.get("data", {})
+        if decision.get("pass") == "partitioning" and data.get("summary"):
+            return data.get("partition")
+    return None
+
+
+def is_partitioned(plan) -> bool:
+    return partition_summary(plan) is not None
+
+
+def compile_plan(plan):
+    """The executable for ``plan``: the multi-device runtime for a partitioned plan, else the target backend's."""
+    if is_partitioned(plan):
+        return MultiDeviceExecutable(plan)
+    from ..backends import get_backend
+
+    return get_backend(plan.target).compile(plan)
+
+
+# ============================================================================================ shared memory
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Map a block the coordinator created. Spawned workers share the coordinator's resource tracker, so the
+    registration this makes is the coordinator's own; the coordinator alone unlinks the block (which also
+    unregisters it), and the tracker removes what a killed coordinator leaves behind."""
+    return shared_memory.SharedMemory(name=name, create=False)
+
+
+class _Ring:
+    """``depth`` slots of ``slot_bytes`` in one shared-memory block, created (and unlinked) by the coordinator."""
+
+    def __init__(self, slot_bytes: int, depth: int):
+        self.slot_bytes = max(_aligned(slot_bytes), ALIGN)
+        self.depth = depth
+        self.shm = shared_memory.SharedMemory(create=True, size=self.slot_bytes * depth)
+        self.name = self.shm.name
+
+    def close(self) -> None:
+        try:
+            self.shm.close()
+            self.shm.unlink()
+        except (FileNotFoundError, OSError):
+            pass
+
+
+def _write_slot(buf, base: int, capacity: int, arrays: Sequence[Any]) -> list[tuple]:
+    """Write ``arrays`` one after the other at ``base`` (at most ``capacity`` bytes); return their descriptors:
+    ("shm", offset, dtype, shape) for those written, ("obj", value) for what does not fit or is not an array."""
+    descs, offset = [], 0
+    for a in arrays:
+        if isinstance(a, np.ndarray) and a.dtype.kind in "biufc" and a.dtype != object \
+                and offset + a.nbytes <= capacity:
+            view = np.ndarray(a.shape, a.dtype, buffer=buf, offset=base + offset)
+            np.copyto(view, a, casting="no")
+            descs.append(("shm", base + offset, a.dtype.str, a.shape))
+            offset += _aligned(a.nbytes)
+        else:
+            descs.append(("obj", a))
+    return descs
+
+
+# ============================================================================================ the worker
+def _worker_main(conn, spec: dict) -> None:  # pragma: no cover - runs in the child (tested through the pool)
+    lock = threading.Lock()
+
+    def send(msg) -> None:
+        with lock:
+            conn.send(msg)
+
+    parent = os.getppid()
+
+    def beat() -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            if os.getppid() != parent:  # the coordinator is gone: nobody will read our results
+                os._exit(3)
+            try:
+                send(("hb",))
+            except (OSError, EOFError, BrokenPipeError):
+                os._exit(3)
+
+    threading.Thread(target=beat, daemon=True).start()
+    try:
+        if spec.get("cores"):
+            try:
+                os.sched_setaffinity(0, set(spec["cores"]))
+            except (AttributeError, OSError):
+                pass
+        executable, maps = _build_stage(spec)
+    except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which raises
+        send(("error", None, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        return
+    send(("ready", os.getpid()))
+    ring = None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        kind = msg[0]
+        if kind == "stop":
+            return
+        if kind == "ring":
+            if ring is not None:
+                ring[0].close()
+            ring = (_attach(msg[1]), msg[2], msg[3])
+            continue
+        if kind == "run":
+            _, seq, descs = msg
+            try:
+                inputs = [_resolve(d, maps) for d in descs]
+                t0 = time.perf_counter()
+                outputs = executable.run(inputs)
+                seconds = time.perf_counter() - t0
+                if ring is not None:
+                    shm, slot_bytes, depth = ring
+                    out = _write_slot(shm.buf, (seq % depth) * slot_bytes, slot_bytes, outputs)
+                    out = [("shm", ring[0].name) + d[1:] if d[0] == "shm" else d for d in out]
+                else:
+                    out = [("obj", o) for o in outputs]
+                del inputs, outputs
+                send(("done", seq, out, seconds))
+            except BaseException as exc:  # noqa: BLE001
+                try:
+                    send(("error", seq, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+                except Exception:  # noqa: BLE001 - e.g. an unpicklable exception text; the coordinator sees the exit
+                    os._exit(4)
+
+
+def _resolve(desc: tuple, maps: dict) -> Any:
+    if desc[0] == "obj":
+        return desc[1]
+    _, name, offset, dtype, shape = desc
+    shm = maps.get(name)
+    if shm is None:
+        shm = maps[name] = _attach(name)
+    return np.ndarray(tuple(shape), np.dtype(dtype), buffer=shm.buf, offset=offset)
+
+
+def _build_stage(spec: dict):
+    from ..backends import get_backend
+    from ..ir.serialize import graph_from_json
+    from ..passes import PassContext, PassManager
+    from ..plan import Plan
+
+    maps: dict = {}
+    weights = {}
+    if spec["weights_shm"]:
+        shm = maps[spec["weights_shm"]] = _attach(spec["weights_shm"])
+        for wid, dtype, shape, offset in spec["weights"]:
+            arr = np.ndarray(tuple(shape), np.dtype(dtype), buffer=shm.buf, offset=offset)
+            arr.flags.writeable = False
+            weights[wid] = arr
+    weights.update(spec.get("weights_inline") or {})
+    graph = graph_from_json(spec["doc"], weights)
+    ctx = PassContext(target=spec["target"], options=dict(spec["options"]), properties={"shapes_inferred"})
+    result = PassManager(["memory_planning"]).run(graph, ctx)
+    plan = Plan(graph=graph, target=spec["target"], options=dict(spec["options"]),
+                decisions=[d.to_dict() for d in ctx.decisions], pipeline=result.to_dict())
+    return get_backend(spec["target"]).compile(plan), maps
+
+
+# ============================================================================================ the coordinator
+@dataclass
+class _Worker:
+    replica: int
+    stage: int
+    device: str
+    process: Any
+    conn: Any
+    last_seen: float | None  # None until its first message: imports in a fresh interpreter take seconds
+    ring: _Ring | None = None
+    busy_since: dict = field(default_factory=dict)  # seq -> time the run was sent
+
+    def describe(self) -> str:
+        return f"the worker of stage {self.stage} (replica {self.replica}) on {self.device} (pid {self.process.pid})"
+
+
+class _Pool:
+    """Started workers plus the shared-memory blocks they use; ``close`` ends them all."""
+
+    def __init__(self, exe: "MultiDeviceExecutable"):
+        self.workers: dict[tuple[int, int], _Worker] = {}
+        self.blocks: list[shared_memory.SharedMemory] = []
+        self.input_ring: _Ring | None = None
+        self.closed = False
+        ctx = mp.get_context(exe.start_method)
+        weight_blocks = [self._weights_block(st) for st in exe.split.stages]
+        try:
+            for r, group in enumerate(exe.groups):
+                for s, device in enumerate(group):
+                    dev = exe.device_of(device)
+                    cores = list(dev.cores) if dev is not None and dev.kind == "cpu" else []
+                    spec = {"doc": exe.split.stages[s].doc, "target": exe.plan.target,
+                            "options": {**exe.stage_options, "threads": max(len(cores), 1) if cores else 0},
+                            "cores": cores, **weight_blocks[s]}
+                    parent_conn, child_conn = ctx.Pipe(duplex=True)
+                    process = ctx.Process(target=_worker_main, args=(child_conn, spec), daemon=True,
+                                          name=f"graphc-stage{s}-r{r}-{device}")
+                    with _thread_env(len(cores) if cores else None), _hidden_main():
+                        process.start()
+                    child_conn.close()
+                    self.workers[(r, s)] = _Worker(r, s, device, process, parent_conn, None)
+            self._wait_ready(exe)
+        except BaseException:
+            self.close()
+            raise
+
+    def _weights_block(self, stage) -> dict:
+        arrays = {w: a for w, a in stage.weights.items()
+                  if isinstance(a, np.ndarray) and a.dtype.kind in "biufc" and a.dtype != object}
+        inline = {w: a for w, a in stage.weights.items() if w not in arrays}
+        total = sum(_aligned(a.nbytes) for a in arrays.values())
+        if not total:
+            return {"weights_shm": None, "weights": [], "weights_inline": inline}
+        block = shared_memory.SharedMemory(create=True, size=total)
+        self.blocks.append(block)
+        table, offset = [], 0
+        for w, a in arrays.items():
+            np.copyto(np.ndarray(a.shape, a.dtype, buffer=block.buf, offset=offset), a, casting="no")
+            table.append((w, a.dtype.str, a.shape, offset))
+            offset += _aligned(a.nbytes)
+        return {"weights_shm": block.name, "weights": table, "weights_inline": inline}
+
+    def _wait_ready(self, exe: "MultiDeviceExecutable") -> None:
+        waiting = set(self.workers)
+        deadline = time.monotonic() + exe.start_timeout
+        while waiting:
+            for key, msg in self.poll(exe, timeout=0.2):
+                if msg[0] == "ready":
+                    waiting.discard(key)
+                elif msg[0] == "error":
+                    w = self.workers[key]
+                    raise DeviceError(f"{w.describe()} could not build its stage: {msg[2]}")
+            if time.monotonic() > deadline:
+                w = self.workers[next(iter(waiting))]
+                raise DeviceError(f"{w.describe()} was not ready after {exe.start_timeout:.0f} s")
+
+    def poll(self, exe: "MultiDeviceExecutable", timeout: float) -> list[tuple[tuple[int, int], tuple]]:
+        """Messages that arrived (heartbeats consumed here); raises on a dead, hung or stuck worker."""
+        by_conn = {w.conn: key for key, w in self.workers.items()}
+        by_sentinel = {w.process.sentinel: key for key, w in self.workers.items()}
+        ready = wait(list(by_conn) + list(by_sentinel), timeout)
+        now = time.monotonic()
+        out = []
+        for obj in ready:
+            if obj in by_conn:
+                key = by_conn[obj]
+                w = self.workers[key]
+                try:
+                    while obj.poll():
+                        msg = obj.recv()
+                        w.last_seen = now
+                        if msg[0] != "hb":
+                            out.append((key, msg))
+                except (EOFError, OSError):
+                    pass  # the sentinel says why
+        for obj in ready:
+            if obj in by_sentinel:
+                w = self.workers[by_sentinel[obj]]
+                w.process.join(0.1)
+                code = w.process.exitcode
+                how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited (code {code})"
+                raise DeviceError(f"{w.describe()} {how}; the run is abandoned (no partial outputs)")
+        for w in self.workers.values():
+            if w.last_seen is not None and now - w.last_seen > exe.hang_timeout:
+                raise DeviceError(f"{w.describe()} stopped responding (no heartbeat for "
+                                  f"{now - w.last_seen:.1f} s); the run is abandoned (no partial outputs)")
+            if exe.task_timeout and w.busy_since:
+                oldest = min(w.busy_since.values())
+                if now - oldest > exe.task_timeout:
+                    raise DeviceError(f"{w.describe()} has run one micro-batch for more than "
+                                      f"{exe.task_timeout:.1f} s (task_timeout); the run is abandoned")
+        return out
+
+    def ensure_rings(self, exe: "MultiDeviceExecutable", slot_bytes: dict[int, int], input_bytes: int) -> None:
+        depth = exe.depth
+        if self.input_ring is None or self.input_ring.slot_bytes < input_bytes:
+            if self.input_ring is not None:
+                self.input_ring.close()
+            self.input_ring = _Ring(input_bytes, depth)
+        for (r, s), w in self.workers.items():
+            need = slot_bytes.get(s, 0)
+            if w.ring is None or w.ring.slot_bytes < need:
+                old = w.ring
+                w.ring = _Ring(need, depth)
+                w.conn.send(("ring", w.ring.name, w.ring.slot_bytes, depth))
+                if old is not None:
+                    old.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for w in self.workers.values():
+            try:
+                w.conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 2.0
+        for w in self.workers.values():
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(2.0)
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+            if w.ring is not None:
+                w.ring.close()
+        if self.input_ring is not None:
+            self.input_ring.close()
+        for block in self.blocks:
+            try:
+                block.close()
+                block.unlink()
+            except (FileNotFoundError, OSError):
+                pass
+
+
+@contextlib.contextmanager
+def _hidden_main():
+    """Start a spawned child without re-running the caller's ``__main__`` (the worker needs nothing from it).
+
+    ``spawn`` re-imports the main script in each child unless it is guarded by ``if __name__ == "__main__"``;
+    a user's unguarded script would then compile and start workers recursively. The child's preparation data
+    is taken while ``process.start()`` runs, so the main module is swapped for an empty one just then."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+class _thread_env:
+    """Set the BLAS/OpenMP thread counts for a child while it is started (spawn copies os.environ then)."""
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self):
+        if self.threads:
+            for var in _THREAD_VARS:
+                self.saved[var] = os.environ.get(var)
+                os.environ[var] = str(self.threads)
+
+    def __exit__(self, *exc):
+        for var, value in self.saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+class MultiDeviceExecutable:
+    """Runs a partitioned plan on its devices: ``run(inputs) -> outputs`` like every Executable, plus
+    ``run_stream(batches)`` to pipeline a stream of input lists. Workers start at the first run."""
+
+    def __init__(self, plan, *, hang_timeout: float | None = None, task_timeout: float | None = None,
+                 start_method: str = "spawn", depth: int | None = None, start_timeout: float | None = None):
+        from ..devices import DeviceSet
+        from ..passes.partitioning import split_stages
+
+        summary = partition_summary(plan)
+        if summary is None:
+            raise DeviceError("the plan is not partitioned over several devices")
+        self.plan = plan
+        self.summary = summary
+        self.split = split_stages(plan.graph)
+        self.groups: list[list[str]] = [list(g) for g in summary["groups"]]
+        self.micro_batch: int | None = summary.get("micro_batch")
+        spec = plan.options.get("device_spec")
+        self.devset = DeviceSet.from_dict(spec) if spec else None
+        options = plan.options
+        self.hang_timeout = float(hang_timeout or options.get("hang_timeout") or DEFAULT_HANG_TIMEOUT_S)
+        self.task_timeout = task_timeout
+        self.start_timeout = float(start_timeout or DEFAULT_START_TIMEOUT_S)
+        self.start_method = start_method
+        self.depth = int(depth or 2 * len(self.split.stages) + 1)
+        self.stage_options = {k: v for k, v in options.items() if k not in ("devices", "device_spec")}
+        self._pool: _Pool | None = None
+        self._lock = threading.Lock()
+        self.last_stage_seconds: dict[tuple[int, int], list[float]] = {}
+        graph = plan.graph
+        self._inputs = [v.name for v in graph.inputs]
+        self._outputs = [v.name for v in graph.outputs]
+        self._consts = {v.name: v.const for v in graph.outputs if v.is_constant}
+        self._stage_out_types = [[graph.value_by_name()[n].type if n in graph.value_by_name() else None
+                                  for n in st.outputs] for st in self.split.stages]
+        self._input_types = [v.type for v in graph.inputs]
+        self._finalizer = weakref.finalize(self, MultiDeviceExecutable._shutdown, self.__dict__)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def device_of(self, name: str):
+        if self.devset is None:
+            return None
+        try:
+            return self.devset.device(name)
+        except GraphcError:
+            return None
+
+    def start(self) -> None:
+        if self._pool is None or self._pool.closed:
+            self._pool = _Pool(self)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    @staticmethod
+    def _shutdown(state: dict) -> None:
+        pool = state.get("_pool")
+        if pool is not None:
+            pool.close()
+
+    @property
+    def workers(self) -> list[_Worker]:
+        return list(self._pool.workers.values()) if self._pool else []
+
+    # -- running -----------------------------------------------------------------------------------------------
+    def run(self, inputs: list) -> list:
+        inputs = list(inputs)
+        chunks = self._micro_batches(inputs)
+        if chunks is None:
+            return self.run_stream([inputs])[0]
+        parts = self.run_stream(chunks)
+        return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(self._outputs))]
+
+    def _micro_batches(self, inputs: list) -> list[list] | None:
+        """Split a batch into the plan's micro-batches along the leading (symbolic batch) dim, if it asks for it."""
+        m = self.micro_batch
+        if not m or not inputs or not all(isinstance(x, np.ndarray) and x.ndim for x in inputs):
+            return None
+        n = inputs[0].shape[0]
+        if n <= m or any(x.shape[0] != n for x in inputs):
+            return None
+        return [[x[i:i + m] for x in inputs] for i in range(0, n, m)]
+
+    def run_stream(self, batches: Iterable[list]) -> list[list]:
+        """Run every input list of ``batches`` (graph-input order) through the pipeline, overlapping them;
+        returns the outputs of each, in order. All or nothing: any failure raises."""
+        batches = [list(b) for b in batches]
+        if not batches:
+            return []
+        with self._lock:
+            self.start()
+            try:
+                return self._stream(batches)
+            except BaseException:
+                self.close()  # the workers' state is unknown: the next run starts fresh ones
+                raise
+
+    def _bindings(self, inputs: list) -> dict[str, int]:
+        from ..ir.types import TensorType
+
+        out: dict[str, int] = {}
+        for t, x in zip(self._input_types, inputs):
+            if isinstance(t, TensorType) and t.shape is not None and hasattr(x, "shape") and len(x.shape) == len(t.shape):
+                out.update({d: int(n) for d, n in zip(t.shape, x.shape) if isinstance(d, str)})
+        return out
+
+    def _slot_sizes(self, batches: list[list]) -> tuple[dict[int, int], int]:
+        from ..ir.types import TensorType
+
+        sizes: dict[int, int] = {}
+        inputs = 0
+        for b in batches:
+            bindings = self._bindings(b)
+            inputs = max(inputs, sum(_aligned(getattr(x, "nbytes", 0)) for x in b))
+            for s, types in enumerate(self._stage_out_types):
+                total = 0
+                for t in types:
+                    if isinstance(t, TensorType) and t.shape is not None and t.dtype is not None:
+                        n = t.dtype.itemsize
+                        for d in t.shape:
+                            n *= d if isinstance(d, int) else bindings.get(d, 0) if isinstance(d, str) else 0
+                        total += _aligned(n)
+                sizes[s] = max(sizes.get(s, 0), total)
+        return sizes, inputs
+
+    def _stream(self, batches: list[list]) -> list[list]:
+        pool = self._pool
+        assert pool is not None
+        sizes, input_bytes = self._slot_sizes(batches)
+        pool.ensure_rings(self, sizes, input_bytes)
+        depth, R, S = self.depth, len(self.groups), len(self.split.stages)
+        stage_inputs = [st.inputs for st in self.split.stages]
+        stage_outputs = [st.outputs for st in self.split.stages]
+        index_of = [{n: i for i, n in enumerate(outs)} for outs in stage_outputs]
+        results: list[list | None] = [None] * len(batches)
+        produced: dict[tuple[int, int], list] = {}     # (seq, stage) -> output descriptors
+        input_descs: dict[int, dict[str, tuple]] = {}
+        sent: set[tuple[int, int]] = set()
+        done_count = 0
+        next_seq = 0
+        complete: set[int] = set()
+        self.last_stage_seconds = {}
+
+        def inject(seq: int) -> None:
+            ring = pool.input_ring
+            descs = _write_slot(ring.shm.buf, (seq % depth) * ring.slot_bytes, ring.slot_bytes, batches[seq])
+            input_descs[seq] = {name: (("shm", ring.name) + d[1:] if d[0] == "shm" else d)
+                                for name, d in zip(self._inputs, descs)}
+
+        def try_send(seq: int, s: int) -> None:
+            if (seq, s) in sent:
+                return
+            descs = []
+            for name in stage_inputs[s]:
+                src = self.split.sources[(s, name)]
+                if src[0] == "input":
+                    descs.append(input_descs[seq][src[1]])
+                else:
+                    out = produced.get((seq, src[1]))
+                    if out is None:
+                        return
+                    descs.append(out[index_of[src[1]][src[2]]])
+            w = pool.workers[(seq % R, s)]
+            w.conn.send(("run", seq, descs))
+            w.busy_since[seq] = time.monotonic()
+            sent.add((seq, s))
+
+        def finish(seq: int) -> None:
+            outs = []
+            for name in self._outputs:
+                src = self.split.outputs[name]
+                if src[0] == "const":
+                    outs.append(np.array(self._consts[name], copy=True))
+                elif src[0] == "input":
+                    outs.append(np.array(batches[seq][self._inputs.index(name)], copy=True))
+                else:
+                    d = produced[(seq, src[1])][index_of[src[1]][src[2]]]
+                    outs.append(np.array(_resolve(d, self._maps), copy=True) if d[0] == "shm" else d[1])
+            results[seq] = outs
+            complete.add(seq)
+            for s in range(S):
+                produced.pop((seq, s), None)
+            input_descs.pop(seq, None)
+
+        # the coordinator created every ring: read them through its own mappings
+        self._maps = {w.ring.name: w.ring.shm for w in pool.workers.values() if w.ring is not None}
+        try:
+            while done_count < len(batches):
+                # inject while the slot's previous occupant is complete (at most `depth` in flight)
+                while next_seq < len(batches) and (next_seq < depth or next_seq - depth in complete):
+                    inject(next_seq)
+                    for s in range(S):
+                        try_send(next_seq, s)
+                    next_seq += 1
+                for (r, s), msg in pool.poll(self, timeout=0.05):
+                    w = pool.workers[(r, s)]
+                    if msg[0] == "error":
+                        raise ExecutionError(f"stage {s} on {w.device}: {msg[2]}")
+                    if msg[0] != "done":
+                        continue
+                    _, seq, descs, seconds = msg
+                    w.busy_since.pop(seq, None)
+                    self.last_stage_seconds.setdefault((r, s), []).append(seconds)
+                    produced[(seq, s)] = descs
+                    for t in range(S):
+                        try_send(seq, t)
+                    if all((seq, t) in produced for t in range(S)):
+                        finish(seq)
+                        done_count += 1
+        finally:
+            self._maps = {}
+        return results  # type: ignore[return-value]
+
+    def describe(self) -> dict:
+        return {"runtime": "multidevice", "stages": len(self.split.stages), "replicas": len(self.groups),
+                "groups": self.groups, "micro_batch": self.micro_batch, "target": self.plan.target}
+
+
+__all__ = ["MultiDeviceExecutable", "compile_plan", "is_partitioned", "partition_summary"]
