@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/torch_mo
 import torch_models  # noqa: E402  (imports torch only when a model is built)
 
 TORCH_MODELS = tuple(torch_models.MODELS)
-HEADER = ("| model | graphc ms | onnxruntime ms | ratio | graphc GFLOP/s | onnxruntime GFLOP/s | outputs |\n"
-          "|---|---:|---:|---:|---:|---:|---|")
+HEADER = ("| model | graphc ms | onnxruntime ms | ratio | graphc GFLOP/s | graphc % of peak | onnxruntime GFLOP/s "
+          "| compile s | fallback ops | outputs |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed runs (default {DEFAULT_WARMUP})")
     p.add_argument("--target", choices=("llvm", "cuda", "reference"), default=None,
                    help="graphc target (default: llvm when available)")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="the machine's fp32 peak for the threads used, for the %% of peak column (default: "
+                        "measured with bench/peak.py's FMA kernel)")
     p.add_argument("--weights", choices=WEIGHTS, default="constant",
                    help="constant (the zoo's own 0.02 fills) or seeded random weights (default constant)")
     args = p.parse_args(argv)
@@ -62,19 +66,21 @@ def source(name: str, batch: int):
     return torch_models.export(name[len("torch:"):], batch)[0], f"{name} (batch {batch})"
 
 
-def row(result: BenchResult) -> str:
+def row(result: BenchResult, peak: float | None, fallback_ops: list[str]) -> str:
     g, o = result.graphc, result.ort
     gflops = (lambda t: f"{t.gflops(result.flops):.2f}" if result.flops else "-")
+    share = f"{100 * g.gflops(result.flops) / peak:.0f} %" if peak and result.flops else "-"
     agree = "agree" if result.agree else f"DIFFER (max rel {result.max_rel_err:.2g})"
     return (f"| {result.model} | {g.median_ms:.2f} | {o.median_ms:.2f} | {result.ratio:.2f} | {gflops(g)} | "
-            f"{gflops(o)} | {agree} |")
+            f"{share} | {gflops(o)} | {result.compile_seconds:.1f} | {', '.join(fallback_ops) or 'none'} | "
+            f"{agree} |")
 
 
 def error_row(model: str, message: str) -> str:
     message = " ".join(message.split()).replace("|", "\\|")
     if len(message) > 160:
         message = message[:157] + "..."
-    return f"| {model} | - | - | - | - | - | error: {message} |"
+    return f"| {model} | - | - | - | - | - | - | - | - | error: {message} |"
 
 
 def machine() -> str:
@@ -100,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_zoo: {exc}", file=sys.stderr)
         return 2
     threads = resolve_threads(args.threads)
+    peak = args.peak_gflops
+    if peak is None:
+        from peak import measure_peak_gflops
+
+        peak = measure_peak_gflops(threads)
     lines, ratios, targets = [HEADER], [], set()
     for name in args.models:
         started = time.perf_counter()
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: internal error:", file=sys.stderr)
             traceback.print_exc()
             continue
-        lines.append(row(result))
+        lines.append(row(result, peak, result.fallback_ops))
         ratios.append(result.ratio)
         targets.add(result.target)
         print(f"{name}: ratio {result.ratio:.2f} ({time.perf_counter() - started:.1f}s)", file=sys.stderr)
@@ -136,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     target = ",".join(sorted(targets)) or args.target or "default"
     print(f"target={target}, threads={threads}, repeat={args.repeat}, warmup={args.warmup}, weights={args.weights}, "
           f"graphc {graphc.__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}  ")
-    print(f"Machine: {machine()}")
+    print(f"Machine: {machine()}; fp32 peak for {threads} thread(s): {peak:.0f} GFLOP/s "
+          f"({'given' if args.peak_gflops else 'measured by bench/peak.py'})")
     return 0
 
 

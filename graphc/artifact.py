@@ -232,6 +232,11 @@ def save_artifact(compiled, path: str | os.PathLike) -> str:
                     digest.update(raw)
                     pos = offset + raw.nbytes
             parts["weights.bin"] = {"sha256": digest.hexdigest(), "size": end}
+            # what the backend built (the cuda backend: source, launch list, build log, binaries), kept as-is
+            backend_parts = getattr(compiled.executable, "artifact_parts", None)
+            for name, data in (backend_parts() if callable(backend_parts) else {}).items():
+                zf.writestr(f"backend/{name}", data)
+                parts[f"backend/{name}"] = {"sha256": _sha256(data), "size": len(data)}
             if model_bytes is not None:
                 zf.writestr("model.onnx", model_bytes)
                 parts["model.onnx"] = {"sha256": _sha256(model_bytes), "size": len(model_bytes)}
@@ -455,13 +460,15 @@ def load_artifact(path: str | os.PathLike):
                                           _MAX_PLAN if n == "plan.json" else None) for n in names}
                 buffers = {n: f.result() for n, f in futures.items()}
             plan_bytes = buffers["plan.json"].tobytes()
+            backend_parts = {n[len("backend/"):]: read_part(zf, manifest, n, path)
+                             for n in manifest["parts"] if isinstance(n, str) and n.startswith("backend/")}
             blob = buffers["weights.bin"]
             model_bytes = (lambda: _read_source_model(path, manifest)) if has_model else None
     except zipfile.BadZipFile:
         raise ArtifactError(f"{path!r} is not a graphc artifact (not a zip archive, or truncated)") from None
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact {path!r}: {exc.strerror or exc}") from None
-    return _load_v2(manifest, plan_bytes, blob, model_bytes, path, start)
+    return _load_v2(manifest, plan_bytes, blob, model_bytes, path, start, backend_parts)
 
 
 def _read_source_model(path: str, manifest: dict) -> bytes:
@@ -511,7 +518,7 @@ def _load_v1(manifest: dict, model_bytes: bytes, path: str):
 
 
 def _load_v2(manifest: dict, plan_bytes: bytes, blob: np.ndarray, model_bytes, path: str,
-             start: float):
+             start: float, backend_parts: dict | None = None):
     from .backends import get_backend
     from .ir.verify import verify
 
@@ -538,7 +545,15 @@ def _load_v2(manifest: dict, plan_bytes: bytes, blob: np.ndarray, model_bytes, p
     except GraphcError as exc:
         raise ArtifactError(f"{path!r} was compiled for target {plan.target!r}: {exc}") from None
     try:
-        executable = backend.compile(plan)
+        with_parts = getattr(backend, "compile_with_parts", None)
+        if len(opts.devices) > 1:  # partitioned: one worker process per device, as after a compile
+            from .runtime.multidevice import compile_plan
+
+            executable = compile_plan(plan)
+        elif backend_parts and with_parts:
+            executable = with_parts(plan, backend_parts)
+        else:
+            executable = backend.compile(plan)
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"{path!r}: the {plan.target} backend cannot build the stored plan: {exc}") from None
     stored = None if model_bytes is None else StoredModel(model_bytes)

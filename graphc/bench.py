@@ -69,6 +69,7 @@ class BenchResult:
     max_abs_err: float | None = None
     max_rel_err: float | None = None
     mismatched: list[str] = field(default_factory=list)
+    fallback_ops: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
@@ -270,7 +271,8 @@ def bench(model: Any, *, vs: str | None = None, threads: int | None = None, repe
     flops = int(compiled.report().get("flops", 0)) * (batch if symbolic else 1)
     result = BenchResult(model=name or compiled.source, target=compiled.target, threads=threads, batch=batch,
                          repeat=repeat, warmup=warmup, flops=flops, compile_seconds=compiled.compile_seconds,
-                         graphc=Timing(f"graphc ({compiled.target})", []))
+                         graphc=Timing(f"graphc ({compiled.target})", []),
+                         fallback_ops=list(compiled.report().get("fallback_ops", [])))
     ours = compiled.run(feeds)  # also checks the inputs before any timing
     if not vs:
         result.graphc.samples = time_calls(lambda: compiled.run(feeds), repeat, warmup)

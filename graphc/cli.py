@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub, common)
     _add_inspect(sub, common)
     _add_bench(sub, common)
+    _add_plan(sub, common)
+    from .cache import add_cli_command
+
+    add_cli_command(sub, common)  # graphc cache info|list|clear
     return parser
 
 
@@ -142,6 +146,7 @@ def _add_compile(sub, common) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="numeric precision (default fp32)")
     p.add_argument("--threads", type=_non_negative, default=None, metavar="N",
                    help="worker threads (default 0: all cores)")
+    _add_cache_flag(p)
     p.set_defaults(func=cmd_compile)
 
 
@@ -157,6 +162,7 @@ def _add_run(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--batch", type=_positive, default=1, metavar="B",
                    help="size of symbolic dimensions in random inputs (default 1)")
+    _add_cache_flag(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -169,6 +175,7 @@ def _add_inspect(sub, common) -> None:
     p.add_argument("--json", action="store_true", help="print report() as JSON instead of tables")
     p.add_argument("--nodes", action="store_true", help="also list every kernel with its types and FLOPs")
     _add_target(p)
+    _add_cache_flag(p)
     p.set_defaults(func=cmd_inspect)
 
 
@@ -191,6 +198,12 @@ def _add_bench(sub, common) -> None:
                    help="zoo models: keep the constant weights or use seeded random ones (default constant)")
     _add_target(p)
     p.set_defaults(func=cmd_bench)
+
+
+def _add_cache_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="use the compile cache ($GRAPHC_CACHE_DIR, else ~/.cache/graphc); default: only when "
+                        "GRAPHC_CACHE_DIR is set (see 'graphc cache')")
 
 
 def _non_negative(text: str) -> int:
@@ -290,11 +303,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.model.endswith(ARTIFACT_SUFFIX):
         raise OptionError(f"{args.model!r} is already an artifact; give an .onnx model or zoo:NAME")
     compiled = graphc.compile(args.model, target=args.target, devices=args.devices, precision=args.precision,
-                              threads=args.threads, passes=args.passes)
+                              threads=args.threads, passes=args.passes, cache=args.cache)
     path = compiled.save(out)
     report = compiled.report()
     print(f"compiled {compiled.source} for {compiled.target}: {report.get('nodes')} nodes -> "
-          f"{report.get('kernels')} kernels in {compiled.compile_seconds:.2f}s; wrote {path}")
+          f"{report.get('kernels')} kernels in {compiled.compile_seconds:.2f}s"
+          f"{' (compile cache hit)' if (report.get('cache') or {}).get('hit') else ''}; wrote {path}")
     return 0
 
 
@@ -384,7 +398,7 @@ def write_outputs(outputs: dict[str, Any], directory: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    compiled = obtain(args.model, args.target, passes=args.passes)
+    compiled = obtain(args.model, args.target, passes=args.passes, cache=args.cache)
     feeds = gather_inputs(compiled, args.input, args.seed, args.batch)
     outputs = compiled.run(feeds)
     width = max((len(n) for n in outputs), default=0)
@@ -756,7 +770,7 @@ def render_html(compiled, tables: list[Table]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    compiled = obtain(args.model, args.target, passes=args.passes)
+    compiled = obtain(args.model, args.target, passes=args.passes, cache=args.cache)
     tables = model_tables(compiled, with_nodes=args.nodes)
     if args.json:
         print(json.dumps(compiled.report(), indent=2, default=str))
@@ -770,6 +784,62 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise OptionError(f"--html {args.html!r}: cannot write the file: {exc.strerror or exc}") from None
         _note(f"wrote {args.html}")
+    return 0
+
+
+# ============================================================================================ plan
+
+
+def _add_plan(sub, common) -> None:
+    p = sub.add_parser("plan", parents=[common], help="predict latency, throughput and memory on N devices",
+                       description="Partition MODEL over DEVICES with the cost model (no device is needed: "
+                                   "nothing runs) and print the predicted bottleneck, latency, throughput and "
+                                   "per-device memory.")
+    p.add_argument("model", metavar="MODEL", help="an .onnx file or zoo:NAME")
+    p.add_argument("--devices", metavar="D", required=True,
+                   help="devices: a list (cpu:0,cpu:1, cuda:0-7), a preset (h100x8, h100x64, a100, host-cpu) "
+                        "or a .json/.toml spec file")
+    p.add_argument("--batch", type=_positive, default=None, metavar="B",
+                   help="samples per request (default: a steady stream of batches)")
+    p.add_argument("--stages", type=_positive, default=None, metavar="S", help="force S pipeline stages")
+    p.add_argument("--replicas", type=_positive, default=None, metavar="R", help="force R data-parallel replicas")
+    p.add_argument("--memory", type=_positive, default=None, metavar="BYTES", help="memory cap per device")
+    p.add_argument("--json", action="store_true", help="print report()['partition'] as JSON")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import graphc
+
+    options = {k: v for k, v in (("partition_batch", args.batch), ("partition_stages", args.stages),
+                                 ("partition_replicas", args.replicas), ("partition_memory_bytes", args.memory))
+               if v is not None}
+    # the reference target plans for any device kind; the simulator never starts a worker
+    compiled = graphc.compile(args.model, target="reference", devices=args.devices, **options)
+    partition = compiled.report().get("partition")
+    if partition is None:
+        raise OptionError(f"--devices {args.devices!r} names one device; give two or more to plan a partition")
+    if args.json:
+        print(json.dumps(partition, indent=2, default=str))
+        return 0
+    samples = partition["predicted_samples_per_s"]
+    rows = [["devices", f"{len(partition['devices'])} used of {len(partition['devices']) + len(partition['unused_devices'])} "
+                        f"({partition.get('device_spec') or args.devices})"],
+            ["configuration", f"{partition['replicas']} replica(s) x {partition['stages']} stage(s)"
+                              + (f", micro-batch {partition['micro_batch']}" if partition.get("micro_batch") else "")],
+            ["bottleneck", f"{1e3 * partition['bottleneck_s']:.4f} ms ({partition['bottleneck_vs_lower_bound']:.3f} x "
+                           f"the lower bound {1e3 * partition['lower_bound_s']:.4f} ms)"],
+            ["predicted latency", f"{1e3 * partition['predicted_latency_s']:.4f} ms per micro-batch"],
+            ["predicted throughput", f"{partition['predicted_throughput']:.2f} micro-batches/s "
+                                     f"({samples:.2f} samples/s)"],
+            ["cut tensors", f"{len(partition['cut_tensors'])} "
+                            f"({human_bytes(sum(c['bytes'] for c in partition['cut_tensors']))} per micro-batch)"]]
+    peak = max(partition["devices"], key=lambda d: d["peak_bytes"])
+    rows.append(["largest device memory", f"{human_bytes(peak['peak_bytes'])} of {human_bytes(peak['capacity_bytes'])} "
+                                          f"({peak['device']})"])
+    tables = [Table(f"Plan for {compiled.source}", ["", ""], rows), partition_table(partition),
+              Table("Why", [""], [[r] for r in partition.get("reasons", [])])]
+    print(render_text(tables), end="")
     return 0
 
 

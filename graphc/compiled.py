@@ -29,6 +29,7 @@ class CompiledModel:
         graph = plan.graph
         self._input_types = [v.type for v in graph.inputs]
         self._report: dict | None = None
+        self.cache_info: dict | None = None  # set by graphc.cache: hit or miss, key, entry path
 
     @property
     def graph(self) -> Graph:
@@ -68,7 +69,8 @@ class CompiledModel:
     def report(self) -> dict:
         """What graphc did: node and kernel counts, fallbacks, memory, FLOPs, pass decisions."""
         if self._report is None:
-            self._report = build_report(self.plan, self._imported_nodes, self.compile_seconds)
+            self._report = build_report(self.plan, self._imported_nodes, self.compile_seconds, self.executable)
+            self._report["cache"] = self.cache_info
         return self._report
 
     def save(self, path: str | os.PathLike) -> str:

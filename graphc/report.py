@@ -21,6 +21,15 @@ def _memory_summary(plan: Plan) -> dict | None:
     return None
 
 
+def _partition_entry(plan: Plan) -> dict:
+    """``{"partition": ...}`` from the partitioning pass's summary decision (empty for one device)."""
+    for decision in reversed(plan.decisions):
+        data = decision.get("data", {})
+        if decision.get("pass") == "partitioning" and data.get("summary"):
+            return {"partition": data.get("partition")}
+    return {}
+
+
 def _memory(plan: Plan) -> dict:
     mem = memory_estimate(plan.graph)
     planned = _memory_summary(plan)
@@ -51,10 +60,12 @@ def _io_bytes(graph) -> int:
     return sum(concrete_bytes(v.type) for v in values.values())
 
 
-def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dict:
+def build_report(plan: Plan, imported_nodes: int, compile_seconds: float, executable=None) -> dict:
     graph = plan.graph
     flops = flops_by_op(graph)
-    fallback = plan.options.get("fallback_ops", [])
+    # ops the backend runs through the reference kernels (for a model with symbolic dims: in the
+    # specialisations compiled so far)
+    fallback = list(getattr(executable, "fallback_ops", None) or plan.options.get("fallback_ops", []))
     fusion = _fusion_summary(plan)
     moved = bytes_moved(graph)
     return {
@@ -72,4 +83,6 @@ def build_report(plan: Plan, imported_nodes: int, compile_seconds: float) -> dic
         "passes": list(plan.decisions),
         "pipeline": plan.pipeline,
         "compile_seconds": round(compile_seconds, 4),
+        **_partition_entry(plan),
+        "backend": executable.describe() if hasattr(executable, "describe") else {},
     }

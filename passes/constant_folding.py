@@ -179,6 +179,12 @@ class ConstantFolding(Pass):
         state = _Run(ctx, fold_limit(ctx), all_graphs(graph))
         changed = self._fold_graph(graph, state)
         if state.folded:
+            # A folded shape computation (Shape -> Gather -> Concat -> Reshape, as PyTorch exports attention)
+            # turns unknown shapes into static ones: run the shape rules again so that later passes and the
+            # code generators see them (a Reshape to a now-constant shape gets a static output type).
+            from ..ops.inference import infer_types
+
+            infer_types(graph)
             by_op = Counter(n.op_type for n in state.folded)
             self.log(ctx, f"folded {len(state.folded)} node(s) into {len(state.created)} constant(s) "
                           f"({state.bytes} bytes)",

@@ -132,11 +132,12 @@ def test_run_zoo_table(monkeypatch, capsys):
         return _fake_result(name, *timings[name])
 
     monkeypatch.setattr(run_zoo, "bench", fake_bench)
-    argv = ["--models", "squeezenet,resnet50,vgg19", "--threads", "3", "--weights", "random"]
+    argv = ["--models", "squeezenet,resnet50,vgg19", "--threads", "3", "--weights", "random",
+            "--peak-gflops", "4000"]
     assert run_zoo.main(argv) == 0
     out = capsys.readouterr().out
     assert "| model | graphc ms | onnxruntime ms | ratio |" in out
-    assert "| squeezenet | 2.00 | 1.00 | 2.00 | 1000.00 | 2000.00 | agree |" in out
+    assert "| squeezenet | 2.00 | 1.00 | 2.00 | 1000.00 | 25 % | 2000.00 | 0.1 | none | agree |" in out
     assert "| resnet50 | 10.00 | 20.00 | 0.50 |" in out
     assert "| vgg19 | - |" in out and "Frob" in out
     assert "over 2 model(s): **1.00**" in out

@@ -1,0 +1,409 @@
+"""LLVMExecutable: runs a plan as machine code, one foreign call per worker thread per run.
+
+- **Specialisation.** Code is generated for concrete shapes. A plan whose inputs are all static is compiled
+  at ``compile`` time; one with symbolic dims (a batch size ``N``) is compiled on the first run for each new
+  binding of its dims and kept (``specializations``), the memory plan rescaled to the binding, no passes re-run.
+- **Threads.** ``threads`` workers (the compile option; 0 = the cores this process may use) call the entry
+  function together, SPMD: the calling thread is worker 0, the others are daemon threads parked on a
+  semaphore between runs. ctypes releases the GIL for the duration of each foreign call, so a run holds the
+  GIL only while a fallback (reference) kernel runs.
+- **Thread safety.** A lock serialises runs of one executable: a run already uses every core, the arena and
+  sync block are per executable, and measured on this machine two callers gain nothing from overlapping.
+  Each run allocates its outputs; the arena and temporaries are reused between runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from ...errors import ExecutionError, GraphcError, InputError
+from ...ir.graph import captured_values
+from ...plan import Plan
+from ..reference.executor import _Env, _Program
+from .jit import JitModule, optimize
+from .program import ENTRY, FIRST_ERROR_CODE, SYNC_BYTES, Program, SlotSpec
+
+_ENTRY_CTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                ctypes.c_void_p)
+_FALLBACK_CTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    raw = np.empty(int(nbytes) + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    return raw[start:start + int(nbytes)]
+
+
+class _Workers:
+    """``n - 1`` parked threads that each call ``job(tid)`` when released; the caller runs ``job(0)``."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._start = [threading.Semaphore(0) for _ in range(n - 1)]
+        self._done = threading.Semaphore(0)
+        self._job = None
+        self._errors: list[BaseException] = []
+        self._stop = False
+        self._threads = [threading.Thread(target=self._loop, args=(t + 1,), daemon=True, name=f"graphc-llvm-{t + 1}")
+                         for t in range(n - 1)]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, tid: int) -> None:
+        while True:
+            self._start[tid - 1].acquire()
+            if self._stop:
+                return
+            try:
+                self._job(tid)
+            except BaseException as exc:  # reported by run() in the caller's thread
+                self._errors.append(exc)
+            finally:
+                self._done.release()
+
+    def run(self, job) -> None:
+        self._job = job
+        self._errors.clear()
+        for s in self._start:
+            s.release()
+        try:
+            job(0)
+        finally:
+            for _ in self._start:
+                self._done.acquire()
+        if self._errors:
+            raise self._errors[0]
+
+    def close(self) -> None:
+        self._stop = True
+        for s in self._start:
+            s.release()
+
+
+class _Compiled:
+    """One specialisation: the program, its machine code, and the buffers reused from run to run."""
+
+    def __init__(self, program: Program, object_code: bytes | None = None):
+        self.program = program
+        self.jit = JitModule.from_object(object_code) if object_code else JitModule(optimize(program.module))
+        self.entry = _ENTRY_CTYPE(self.jit.address(ENTRY))
+        self.slot_table = (ctypes.c_void_p * len(program.slots))()
+        self.memory: dict[int, np.ndarray] = {}
+        for i, spec in enumerate(program.slots):
+            if spec.kind in ("arena", "temp"):
+                self.memory[i] = _aligned_empty(max(spec.nbytes, 64))
+            elif spec.kind == "const":
+                self.memory[i] = spec.array.reshape(-1).view(np.uint8) if spec.array.size else np.zeros(64, np.uint8)
+            if i in self.memory:
+                self.slot_table[i] = self.memory[i].ctypes.data
+        self.scratch_per_thread = program.slots[Program.SCRATCH_SLOT].nbytes
+        self.scratch: np.ndarray | None = None
+        self.table_address = ctypes.addressof(self.slot_table)
+        self.slot_table[Program.SYNC_SLOT] = None  # set per executable in LLVMExecutable._run
+        self.input_slots = [(i, spec.index) for i, spec in enumerate(program.slots) if spec.kind == "input"]
+        self.output_slots = []
+        for i, spec in enumerate(program.slots):
+            if spec.kind == "output":
+                st = program.storage_of(spec.value)
+                self.output_slots.append((i, st.shape, st.dtype))
+        # one callback for the life of the specialisation; it finds the run in progress through ``state``
+        self.state: _RunState | None = None
+        self.callback = _FALLBACK_CTYPE(self._fallback)
+        self.callback_address = ctypes.cast(self.callback, ctypes.c_void_p).value
+
+    def _fallback(self, index: int) -> int:
+        return self.state.run_fallback(index)
+
+
+class _RunState:
+    """What a fallback kernel sees of the run in progress: views of the slots, and the dynamic values."""
+
+    def __init__(self, compiled: _Compiled, inputs: list, outputs: dict[int, np.ndarray]):
+        self.compiled = compiled
+        self.program = compiled.program
+        self.inputs = inputs
+        self.outputs = outputs
+        self.dynamic: dict[int, Any] = {}
+        self.error: BaseException | None = None
+        for v, x in zip(self.program.plan.graph.inputs, inputs):  # inputs without storage: strings, sequences...
+            if self.program.storage_of(v) is None:
+                self.dynamic[id(v)] = x
+
+    def _slot_bytes(self, slot: int) -> np.ndarray:
+        spec: SlotSpec = self.program.slots[slot]
+        if spec.kind == "input":
+            return self.inputs[spec.index].reshape(-1).view(np.uint8)
+        if spec.kind == "output":
+            return self.outputs[slot].reshape(-1).view(np.uint8)
+        return self.compiled.memory[slot]
+
+    def view(self, value) -> np.ndarray | None:
+        st = self.program.storage_of(value)
+        if st is None:
+            return None
+        raw = self._slot_bytes(st.slot)[st.offset:st.offset + st.nbytes]
+        return raw.view(st.dtype).reshape(st.shape)
+
+    def read(self, value):
+        if value is None:
+            return None
+        value = self.program._alias.get(id(value), value)  # a fused body's input is the kernel's input
+        if value.is_constant:
+            return value.const
+        key = id(value)
+        if key in self.dynamic:
+            return self.dynamic[key]
+        view = self.view(value)
+        if view is None:
+            raise ExecutionError(f"llvm backend: value {value.name!r} was read before it was written")
+        return view
+
+    def write(self, value, result, node) -> None:
+        view = self.view(value)
+        if view is None:
+            if isinstance(result, np.ndarray) and any(np.may_share_memory(result, m)
+                                                      for m in self.compiled.memory.values()):
+                result = result.copy()  # the arena is reused: a value kept past its buffer's life is copied
+            self.dynamic[id(self.program._alias.get(id(value), value))] = result
+            return
+        result = np.asarray(result)
+        if result.shape != view.shape and result.size == view.size:  # (1,) for a declared scalar, say
+            result = result.reshape(view.shape)
+        if result.shape != view.shape:
+            raise ExecutionError(f"{node.op_type} node {node.name!r} produced {value.name!r} with shape "
+                                 f"{result.shape}, its type says {view.shape}")
+        np.copyto(view, result, casting="unsafe")
+
+    def run_fallback(self, index: int) -> int:
+        step = self.program.fallbacks[index]
+        node, ctx = step.node, step.ctx
+        try:
+            args = [self.read(v) for v in node.inputs]
+            if node.subgraphs():
+                env = _Env()
+                for v in captured_values_of(node):
+                    env[id(v)] = self.read(v)
+                program = _Program.__new__(_Program)
+                program.subprograms = {}
+                ctx = _copy_ctx(ctx)
+                ctx.subgraph_runner = lambda g, xs, _env=env: _subprogram(program, g).run(list(xs), _env)
+            with np.errstate(all="ignore"):
+                results = _Program._call(_FakeStep(node), ctx, args)
+            for v, r in zip(node.outputs, results):
+                if v is not None:
+                    self.write(v, r, node)
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - carried across the foreign call, re-raised by run()
+            self.error = exc
+            return 1
+
+
+class _FakeStep:
+    def __init__(self, node):
+        self.node = node
+        self.outputs = list(node.outputs)
+
+
+def _copy_ctx(ctx):
+    import copy
+
+    return copy.copy(ctx)
+
+
+def _subprogram(program: _Program, graph):
+    prog = program.subprograms.get(id(graph))
+    if prog is None:
+        prog = program.subprograms[id(graph)] = _Program(graph)
+    return prog
+
+
+def captured_values_of(node) -> list:
+    out = {}
+    for sub in node.subgraphs():
+        for v in captured_values(sub):
+            out[id(v)] = v
+    return list(out.values())
+
+
+class LLVMExecutable:
+    def __init__(self, plan: Plan, prebuilt: dict | None = None):
+        self.plan = plan
+        # specialisations whose machine code came with an artifact: input shapes -> (IR digest, object code)
+        self._prebuilt: dict[tuple, tuple[str, bytes]] = dict(prebuilt or {})
+        self.load_log: list[str] = []
+        graph = plan.graph
+        threads = int(plan.options.get("threads") or 0) or default_threads()
+        self.threads = threads
+        self._lock = threading.Lock()
+        self.specializations: dict[tuple, _Compiled] = {}
+        self._workers = _Workers(threads) if threads > 1 else None
+        if self._workers is not None:
+            weakref.finalize(self, self._workers.close)
+        self._sync = _aligned_empty(SYNC_BYTES)
+        self._sync_address = self._sync.ctypes.data
+        self._symbolic = [self._input_dims(v) for v in graph.inputs]
+        if all(dims is not None and all(isinstance(d, int) for d in dims) for dims in self._symbolic):
+            shapes = tuple(tuple(d) for d in self._symbolic)
+            self._specialize(shapes)
+
+    @staticmethod
+    def _input_dims(v):
+        t = getattr(v, "type", None)
+        shape = getattr(t, "shape", None)
+        if shape is None:
+            return None
+        return [int(d) if isinstance(d, (int, np.integer)) else d for d in shape]
+
+    # -- compilation ------------------------------------------------------------------------------------------
+    def _bindings(self, shapes: tuple) -> dict[str, int]:
+        bindings: dict[str, int] = {}
+        for dims, shape in zip(self._symbolic, shapes):
+            if dims is None or shape is None or len(dims) != len(shape):
+                continue
+            for d, n in zip(dims, shape):
+                if isinstance(d, str):
+                    bindings.setdefault(d, int(n))
+        return bindings
+
+    def _specialize(self, shapes: tuple) -> _Compiled:
+        compiled = self.specializations.get(shapes)
+        if compiled is None:
+            program = Program(self.plan, self._bindings(shapes), list(shapes))
+            object_code = None
+            if shapes in self._prebuilt:
+                digest, code = self._prebuilt.pop(shapes)
+                if digest == ir_digest(program):
+                    object_code = code
+                    self.load_log.append(f"{list(shapes)}: machine code loaded from the artifact")
+                else:  # another graphc made it, or the lowering changed: the kept code is not this program's
+                    self.load_log.append(f"{list(shapes)}: the artifact's code does not match this build's "
+                                         f"IR; re-JIT")
+            compiled = self.specializations[shapes] = _Compiled(program, object_code)
+        return compiled
+
+    # -- artifacts --------------------------------------------------------------------------------------------
+    def artifact_parts(self) -> dict[str, bytes]:
+        """Machine code and LLVM IR of every specialisation, for ``CompiledModel.save`` (see artifacts.py)."""
+        return artifact_parts(self)
+
+    @property
+    def fallback_ops(self) -> list[str]:
+        out = set()
+        for c in self.specializations.values():
+            out.update(c.program.fallback_ops)
+        return sorted(out)
+
+    def describe(self) -> dict[str, Any]:
+        """Kernels, emitters used, fallbacks and threads of each specialisation (for reports and tests)."""
+        return {"threads": self.threads, "load": list(self.load_log),
+                "specializations": [{"input_shapes": [list(s) if s is not None else None for s in key],
+                                     **c.program.describe()} for key, c in self.specializations.items()]}
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def run(self, inputs: list) -> list:
+        arrays = []
+        for v, x in zip(self.plan.graph.inputs, inputs):
+            if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x).reshape(x.shape)  # (ascontiguousarray makes 0-d arrays 1-d)
+            arrays.append(x)
+        shapes = tuple(tuple(x.shape) if isinstance(x, np.ndarray) else None for x in arrays)
+        with self._lock:
+            compiled = self._specialize(shapes)
+            return self._run(compiled, arrays)
+
+    def _run(self, compiled: _Compiled, inputs: list) -> list:
+        program = compiled.program
+        table = compiled.slot_table
+        for slot, index in compiled.input_slots:
+            x = inputs[index]
+            if not isinstance(x, np.ndarray):
+                raise InputError(f"input {program.plan.graph.inputs[index].name!r} must be an array")
+            table[slot] = x.ctypes.data
+        outputs: dict[int, np.ndarray] = {}
+        for slot, shape, dtype in compiled.output_slots:
+            out = outputs[slot] = np.empty(shape, dtype)
+            table[slot] = out.ctypes.data
+        n = self.threads if self._workers is not None else 1
+        if compiled.scratch_per_thread:
+            if compiled.scratch is None or compiled.scratch.nbytes < compiled.scratch_per_thread * n:
+                compiled.scratch = _aligned_empty(compiled.scratch_per_thread * n)
+            table[Program.SCRATCH_SLOT] = compiled.scratch.ctypes.data
+        state = compiled.state = _RunState(compiled, inputs, outputs)
+        self._sync[:] = 0
+        table[Program.SYNC_SLOT] = self._sync_address
+        if self._workers is not None:
+            status = [0] * n
+            args = (compiled.table_address, n, self._sync_address, compiled.callback_address)
+            entry = compiled.entry
+
+            def job(tid: int) -> None:
+                status[tid] = entry(args[0], tid, *args[1:])
+
+            self._workers.run(job)
+        else:
+            status = [compiled.entry(compiled.table_address, 0, 1, self._sync_address, compiled.callback_address)]
+        compiled.state = None
+        if state.error is not None:
+            err = state.error
+            if isinstance(err, GraphcError):
+                raise err
+            raise ExecutionError(f"llvm backend fallback failed: {type(err).__name__}: {err}") from err
+        code = max(status)
+        if code >= FIRST_ERROR_CODE and code - FIRST_ERROR_CODE < len(program.error_messages):
+            raise ExecutionError(program.error_messages[code - FIRST_ERROR_CODE])
+        if code:
+            raise ExecutionError(f"llvm backend run ended with status {status}")
+        return self._collect(program, state, inputs)
+
+    def _collect(self, program: Program, state: _RunState, inputs: list) -> list:
+        graph = program.plan.graph
+        slot_of_output = {spec.index: i for i, spec in enumerate(program.slots) if spec.kind == "output"}
+        input_pos = {id(v): i for i, v in enumerate(graph.inputs)}
+        results = []
+        seen: set[int] = set()
+        for j, v in enumerate(graph.outputs):
+            if v.is_constant:
+                out = np.array(v.const, copy=True)
+            elif id(v) in input_pos:
+                out = np.array(inputs[input_pos[id(v)]], copy=True)
+            elif j in slot_of_output:
+                out = state.outputs[slot_of_output[j]]
+            else:
+                out = state.read(v)
+                if isinstance(out, np.ndarray) and any(np.may_share_memory(out, m) for m in state.compiled.memory.values()):
+                    out = out.copy()
+            if isinstance(out, np.ndarray) and id(out) in seen:
+                out = out.copy()
+            if isinstance(out, np.ndarray):
+                seen.add(id(out))
+            results.append(out)
+        return results
+
+
+def compile(plan: Plan) -> LLVMExecutable:
+    return LLVMExecutable(plan)
+
+
+def compile_with_parts(plan: Plan, parts: dict[str, bytes]) -> LLVMExecutable:
+    """An executable for ``plan`` that uses the machine code an artifact kept where it still fits."""
+    exe = LLVMExecutable.__new__(LLVMExecutable)
+    prebuilt, notes = prebuilt_from_parts(parts)
+    LLVMExecutable.__init__(exe, plan, prebuilt)
+    exe.load_log[:0] = notes
+    return exe
+
+
+from .artifacts import artifact_parts, ir_digest, prebuilt_from_parts  # noqa: E402  (uses the classes above)

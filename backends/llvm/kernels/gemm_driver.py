@@ -1,0 +1,345 @@
+"""The GEMM driver: ``C[b] = A[b] @ B[b]`` for a batch of float32 problems, tiled over the shared microkernel.
+
+Loop nest (per kernel; all shapes static):
+
+    for each unit of work (this thread's share)         # "cols": (batch, NC-column block); "rows": MR panels
+        B block <- the NC columns of B[b] (pre-packed constant panels, read in place, or packed now: im2col)
+        for each MR-row panel of A[b] (pre-packed constant, or packed once per batch into scratch)
+            for each NR-column panel of the block: microkernel over the whole K -> tile -> sink
+
+The sink gets the finished tile one row run at a time (a ``<16 x float>`` vector, or scalars at the edge of N)
+and stores it (the caller's epilogue: bias, activation, residual...). Threads split the dimension with more
+work: NC column blocks (``cols``) when there are enough of them, else the MR row panels (``rows``, e.g. late
+ResNet layers with 7x7 outputs, or FC layers of large M). NC is sized so that a packed K x NC block stays in L2.
+
+Operand sources are small objects (see :class:`ConstA`, :class:`RuntimeA`, :class:`ConstB`, :class:`DirectB`,
+:class:`PackedB`); conv.py adds its own B source that gathers the im2col columns while packing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from llvmlite import ir
+
+from ..kernel import F32, I64, KernelBuilder, Unsupported
+from .microkernel import VEC, VT, mask_constant, microkernel, pack_a_const, pack_b_const, tile_shape
+
+L2_BLOCK_BYTES = 256 * 1024  # a packed K x NC block of B stays in L2 (1 MiB per core here) next to an A panel
+MAX_RUNTIME_PACK_BYTES = 32 << 20  # per-thread scratch for a runtime-packed A (larger GEMMs are declined)
+
+Sink = Callable[[KernelBuilder, ir.Value, ir.Value, ir.Value, ir.Value], None]  # (kb, batch, row, col, acc)
+
+
+def c64(n) -> ir.Constant:
+    return ir.Constant(I64, int(n))
+
+
+def keep_out_of_line(kb: KernelBuilder) -> None:
+    """Keep this kernel a function of its own: inlined into the entry function (its only caller), every
+    kernel of the model would make one huge function, and LLVM's time grows faster than linearly with it."""
+    if "noinline" not in kb.function.attributes:
+        kb.function.attributes.add("noinline")
+
+
+def batch_table(kb: KernelBuilder, offsets: np.ndarray, bi: ir.Value) -> ir.Value:
+    """offsets[bi] as i64: a constant when there is one batch or all agree, else a compile-time table lookup."""
+    offsets = np.asarray(offsets, np.int64).reshape(-1)
+    if offsets.size == 1 or np.all(offsets == offsets[0]):
+        return c64(offsets[0])
+    table = kb.constant_array(offsets)
+    return kb.builder.load(kb.builder.gep(table, [bi], inbounds=True))
+
+
+# -- A sources ----------------------------------------------------------------------------------------------------
+
+
+class ConstA:
+    """A compile-time A, one (M, K) matrix per A-batch, packed into MR panels now."""
+
+    def __init__(self, kb: KernelBuilder, mats: np.ndarray, batch_index: np.ndarray, mr: int):
+        self.kb = kb
+        nb, m, k = mats.shape
+        self.panel_floats = mr * k
+        packed = np.concatenate([pack_a_const(mats[i].astype(np.float32), mr) for i in range(nb)])
+        self.base = kb.constant_array(packed)
+        self.per_batch = (-(-m // mr)) * mr * k
+        self.batch_index = np.asarray(batch_index, np.int64)
+
+    def prepare(self, bi, p_lo, p_hi) -> None:
+        self._off = batch_table(self.kb, self.batch_index * self.per_batch, bi)
+
+    def panel(self, p: ir.Value) -> ir.Value:
+        b = self.kb.builder
+        return b.gep(self.base, [b.add(self._off, b.mul(p, c64(self.panel_floats)))], inbounds=True)
+
+
+class RuntimeA:
+    """A in memory: element (m, k) of batch ``bi`` at ``ptr + off[bi] + m*rs + k*cs``; packed into per-thread
+    scratch (the panels a thread needs, once per batch it works on)."""
+
+    def __init__(self, kb: KernelBuilder, ptr: ir.Value, offsets: np.ndarray, rs: int, cs: int, m: int, k: int,
+                 mr: int):
+        self.kb, self.ptr, self.offsets, self.rs, self.cs, self.m, self.k, self.mr = kb, ptr, offsets, rs, cs, m, k, mr
+        panels = -(-m // mr)
+        nbytes = panels * mr * k * 4
+        if nbytes > MAX_RUNTIME_PACK_BYTES:
+            raise Unsupported(f"runtime A of {nbytes} bytes is too large to pack")
+        self.scratch = kb.scratch(nbytes)
+
+    def prepare(self, bi, p_lo, p_hi) -> None:
+        kb, b = self.kb, self.kb.builder
+        mr, k = self.mr, self.k
+        src0 = b.gep(self.ptr, [batch_table(kb, self.offsets, bi)], inbounds=True)
+        with kb.for_range(p_lo, p_hi, name="pa") as p:
+            dst = b.gep(self.scratch, [b.mul(p, c64(mr * k))], inbounds=True)
+            row0 = b.mul(p, c64(mr))
+            if self.m % mr == 0:
+                self._pack(dst, src0, row0, None)
+            else:
+                self._pack(dst, src0, row0, b.sub(c64(self.m), row0))
+
+    def _pack(self, dst, src0, row0, valid) -> None:
+        """dst[kk*MR + r] = A[row0 + r, kk] (0 for rows past M): MR unrolled rows, k the loop."""
+        kb, b = self.kb, self.kb.builder
+        mr = self.mr
+        rows = []
+        for r in range(mr):
+            off = b.mul(b.add(row0, c64(r)), c64(self.rs))
+            rows.append(b.gep(src0, [off], inbounds=True))
+        with kb.for_range(0, self.k, name="pk") as kk:
+            koff = b.mul(kk, c64(self.cs))
+            for r in range(mr):
+                if valid is None:
+                    x = b.load(b.gep(rows[r], [koff], inbounds=True), align=4)
+                else:
+                    ok = b.icmp_signed("<", c64(r), valid)
+                    # never read past M: the address is formed only for valid rows (select of the offset)
+                    safe = b.select(ok, koff, c64(0))
+                    src = b.select(ok, rows[r], rows[0])
+                    x = b.select(ok, b.load(b.gep(src, [safe], inbounds=True), align=4), ir.Constant(F32, 0.0))
+                b.store(x, b.gep(dst, [b.add(b.mul(kk, c64(mr)), c64(r))], inbounds=True), align=4)
+
+    def panel(self, p: ir.Value) -> ir.Value:
+        b = self.kb.builder
+        return b.gep(self.scratch, [b.mul(p, c64(self.mr * self.k))], inbounds=True)
+
+
+# -- B sources ----------------------------------------------------------------------------------------------------
+
+
+class ConstB:
+    """A compile-time B, one (K, N) matrix per B-batch, packed into NR-column panels now."""
+
+    def __init__(self, kb: KernelBuilder, mats: np.ndarray, batch_index: np.ndarray, nr: int):
+        self.kb = kb
+        nb, k, n = mats.shape
+        self.k, self.nr = k, nr
+        packed = np.concatenate([pack_b_const(mats[i].astype(np.float32), nr) for i in range(nb)])
+        self.base = kb.constant_array(packed)
+        self.per_batch = (-(-n // nr)) * nr * k
+        self.batch_index = np.asarray(batch_index, np.int64)
+
+    def block(self, bi, jc, nc):
+        b = self.kb.builder
+        off = b.add(batch_table(self.kb, self.batch_index * self.per_batch, bi), b.mul(jc, c64(self.k)))
+        return b.gep(self.base, [off], inbounds=True), self.k, c64(self.nr)
+
+
+class DirectB:
+    """B read in place: element (k, n) of batch ``bi`` at ``ptr + off[bi] + k*ldb + n`` (rows contiguous)."""
+
+    def __init__(self, kb: KernelBuilder, ptr: ir.Value, offsets: np.ndarray, ldb: int):
+        self.kb, self.ptr, self.offsets, self.ldb = kb, ptr, offsets, ldb
+
+    def block(self, bi, jc, nc):
+        b = self.kb.builder
+        off = b.add(batch_table(self.kb, self.offsets, bi), jc)
+        return b.gep(self.ptr, [off], inbounds=True), 1, c64(self.ldb)
+
+
+class PackedB:
+    """B in memory with any strides (element (k, n) at ``ptr + off[bi] + k*rs + n*cs``), copied block by block
+    into per-thread scratch as K rows of NCp floats."""
+
+    def __init__(self, kb: KernelBuilder, ptr: ir.Value, offsets: np.ndarray, rs: int, cs: int, k: int, nc: int):
+        self.kb, self.ptr, self.offsets, self.rs, self.cs, self.k = kb, ptr, offsets, rs, cs, k
+        self.ncp = -(-nc // VEC) * VEC
+        self.scratch = kb.scratch(k * self.ncp * 4)
+
+    def block(self, bi, jc, nc):
+        kb, b = self.kb, self.kb.builder
+        src0 = b.gep(self.ptr, [b.add(batch_table(kb, self.offsets, bi), b.mul(jc, c64(self.cs)))], inbounds=True)
+        with kb.for_range(0, self.k, name="kb") as kk:
+            srow = b.gep(src0, [b.mul(kk, c64(self.rs))], inbounds=True)
+            drow = b.gep(self.scratch, [b.mul(kk, c64(self.ncp))], inbounds=True)
+            with kb.for_range(0, nc, name="nb") as j:
+                x = b.load(b.gep(srow, [b.mul(j, c64(self.cs))], inbounds=True), align=4)
+                b.store(x, b.gep(drow, [j], inbounds=True), align=4)
+        return self.scratch, 1, c64(self.ncp)
+
+
+# -- the driver ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GemmGeometry:
+    m: int
+    n: int
+    k: int
+    batches: int
+    mr: int
+    nv: int
+    nc: int
+    mode: str  # "cols" | "rows"
+
+    @property
+    def nr(self) -> int:
+        return self.nv * VEC
+
+    @property
+    def n_ir(self) -> int:
+        return -(-self.m // self.mr)
+
+    @property
+    def n_jc(self) -> int:
+        return -(-self.n // self.nc)
+
+
+def threads_of(kb: KernelBuilder) -> int:
+    """The number of worker threads the executable will run (the ``threads`` option, else the usable cores)."""
+    try:
+        t = int(kb.program.plan.options.get("threads") or 0)
+    except (AttributeError, TypeError, ValueError):
+        t = 0
+    if t <= 0:
+        try:
+            t = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            t = os.cpu_count() or 1
+    return max(1, t)
+
+
+def plan_gemm(m: int, n: int, k: int, batches: int = 1, threads: int = 1) -> GemmGeometry:
+    """Choose the microkernel, the column block NC and how ``threads`` threads split the work."""
+    if min(m, n, k, batches) <= 0:
+        raise Unsupported("empty GEMM")
+    t = max(1, threads)
+    mr, nv = tile_shape(m)
+    nr = nv * VEC
+    nc_l2 = max(nr, (L2_BLOCK_BYTES // (4 * k)) // nr * nr)
+    per_batch_units = max(1, -(-2 * t // batches))  # aim for >= 2 units per thread
+    nc = min(nc_l2, max(nr, -(-(-(-n // per_batch_units)) // nr) * nr))
+    n_jc, n_ir = -(-n // nc), -(-m // mr)
+    mode = "cols" if batches * n_jc >= 2 * t or n_ir < 2 * t or batches * n_jc >= n_ir else "rows"
+    return GemmGeometry(m, n, k, batches, mr, nv, nc, mode)
+
+
+def emit_gemm(kb: KernelBuilder, g: GemmGeometry, a_src, b_src, sink: Sink) -> None:
+    """Emit the loop nest of the module docstring into ``kb``'s function."""
+    b = kb.builder
+    keep_out_of_line(kb)
+    mr, nv, nr, nc = g.mr, g.nv, g.nr, g.nc
+    ukr = microkernel(kb.module, mr, nv)
+    edge = g.n % nr  # columns of the last, partial panel of N
+    nv_edge = -(-edge // VEC)
+    ukr_edge = microkernel(kb.module, mr, nv_edge) if edge else None
+    tile = kb.scratch(mr * nr * 4)
+    full_mask = mask_constant(nr)
+
+    def run_block(bi, jc, p_lo, p_hi):
+        nc_v = kb.umin(c64(nc), b.sub(c64(g.n), jc))
+        blk, colscale, ldb = b_src.block(bi, jc, nc_v)
+        n_panels = b.udiv(b.add(nc_v, c64(nr - 1)), c64(nr))
+        with kb.for_range(p_lo, p_hi, name="ip") as p:
+            apanel = a_src.panel(p)
+            row0 = b.mul(p, c64(mr))
+            rows = kb.umin(c64(mr), b.sub(c64(g.m), row0))
+            with kb.for_range(0, n_panels, name="jp") as jp:
+                jj = b.mul(jp, c64(nr))
+                bpanel = b.gep(blk, [b.mul(jj, c64(colscale))], inbounds=True)
+                width = kb.umin(c64(nr), b.sub(nc_v, jj))
+                if ukr_edge is None:
+                    b.call(ukr, [c64(g.k), apanel, bpanel, ldb, tile, full_mask])
+                    stride = c64(nr)
+                else:
+                    is_full = b.icmp_unsigned("==", width, c64(nr))
+                    with b.if_else(is_full) as (then, otherwise):
+                        with then:
+                            b.call(ukr, [c64(g.k), apanel, bpanel, ldb, tile, full_mask])
+                        with otherwise:
+                            b.call(ukr_edge, [c64(g.k), apanel, bpanel, ldb, tile, mask_constant(edge)])
+                    stride = b.select(is_full, c64(nr), c64(nv_edge * VEC))
+                # one drain (one copy of the epilogue code) for full and edge tiles alike
+                _drain(kb, tile, stride, width, rows, bi, row0, b.add(jc, jj), sink)
+
+    if g.mode == "cols":
+        # this thread's units are contiguous: walk them batch by batch so that a runtime A is packed once per batch
+        lo, hi = kb.thread_range(g.batches * g.n_jc)
+        b_lo = b.udiv(lo, c64(g.n_jc))
+        b_hi = b.udiv(b.add(hi, c64(g.n_jc - 1)), c64(g.n_jc))
+        with kb.for_range(b_lo, b_hi, name="bi") as bi:
+            first = b.mul(bi, c64(g.n_jc))
+            u_lo = b.select(b.icmp_signed(">", lo, first), lo, first)
+            u_hi = kb.umin(hi, b.add(first, c64(g.n_jc)))
+            a_src.prepare(bi, c64(0), c64(g.n_ir))
+            with kb.for_range(u_lo, u_hi, name="unit") as u:
+                jc = b.mul(b.sub(u, first), c64(nc))
+                run_block(bi, jc, c64(0), c64(g.n_ir))
+    else:
+        with kb.for_range(0, g.batches, name="bi") as bi:
+            lo, hi = kb.thread_range(g.n_ir)
+            with b.if_then(b.icmp_signed("<", lo, hi)):
+                a_src.prepare(bi, lo, hi)
+                with kb.for_range(0, g.n_jc, name="jb") as jb:
+                    run_block(bi, b.mul(jb, c64(nc)), lo, hi)
+
+
+def opaque(kb: KernelBuilder, value: ir.Value) -> ir.Value:
+    """``value``, hidden from the optimiser (an empty inline asm): a loop bounded by it is not fully unrolled,
+    which keeps one copy of an epilogue per kernel instead of one per possible trip."""
+    asm = ir.InlineAsm(ir.FunctionType(value.type, [value.type]), "", "=r,0", side_effect=False)
+    return kb.builder.call(asm, [value])
+
+
+@contextlib.contextmanager
+def for_bits(kb: KernelBuilder, mask: ir.Value, start: ir.Value):
+    """``for j in start + (each set bit of mask, ascending)``: not a counted loop, so it is neither vectorised
+    nor unrolled (the scalar edge of a tile runs through the epilogue's scalar code once)."""
+    b = kb.builder
+    cttz = kb.intrinsic("llvm.cttz.i64", I64, [I64, ir.IntType(1)])
+    pre = b.block
+    cond, body, done = (b.append_basic_block(f"bits.{x}") for x in ("cond", "body", "end"))
+    b.branch(cond)
+    b.position_at_end(cond)
+    m = b.phi(I64, name="bits")
+    m.add_incoming(mask, pre)
+    b.cbranch(b.icmp_unsigned("!=", m, c64(0)), body, done)
+    b.position_at_end(body)
+    yield b.add(start, b.call(cttz, [m, ir.Constant(ir.IntType(1), 1)]))
+    m.add_incoming(b.and_(m, b.sub(m, c64(1))), b.block)
+    b.branch(cond)
+    b.position_at_end(done)
+
+
+def _drain(kb: KernelBuilder, tile, stride, width, rows, bi, row0, col0, sink: Sink) -> None:
+    """Hand the tile's ``rows`` x ``width`` valid elements (rows ``stride`` floats apart) to the sink: full
+    vectors, then scalars. The sink's code is emitted twice (vector, scalar), whatever the tile shape."""
+    b = kb.builder
+    full = opaque(kb, b.udiv(width, c64(VEC)))
+    tail_start = b.mul(full, c64(VEC))
+    rem_mask = b.sub(b.shl(c64(1), b.sub(width, tail_start)), c64(1))
+    with kb.for_range(0, opaque(kb, rows), name="r") as r:
+        trow = b.gep(tile, [b.mul(r, stride)], inbounds=True)
+        row = b.add(row0, r)
+        with kb.for_range(0, full, name="v") as v:
+            off = b.mul(v, c64(VEC))
+            vec = b.load(b.bitcast(b.gep(trow, [off], inbounds=True), VT.as_pointer()), align=64)
+            sink(kb, bi, row, b.add(col0, off), vec)
+        with for_bits(kb, rem_mask, tail_start) as j:
+            x = b.load(b.gep(trow, [j], inbounds=True), align=4)
+            sink(kb, bi, row, b.add(col0, j), x)

@@ -1,0 +1,159 @@
+"""The register-blocked fp32 GEMM microkernel and the packing loops shared by the GEMM and conv emitters.
+
+The microkernel computes one ``MR x NR`` tile of ``A @ B`` over the *whole* K (no K blocking: the tile stays in
+registers from the first to the last product, so there are no partial sums in memory and the epilogue sees the
+finished tile). It is an internal LLVM function, one per ``(MR, NV)`` shape per module, shared by every kernel
+of the module (compile time stays flat however many nodes use it):
+
+    void graphc.ukr.MRxNV(i64 k, float* a, float* b, i64 ldb, float* tile, i16 lastmask)
+
+- ``a``: a packed A panel, ``k`` steps of ``MR`` floats (``a[kk*MR + r] = A[r, kk]``, rows past M zero);
+- ``b``: B rows ``kk`` at ``b + kk*ldb``, ``NV`` vectors of 16 floats each (a packed panel with ``ldb = NR``,
+  a packed block with ``ldb`` its padded width, or the B matrix itself read in place); the last vector is
+  loaded under ``lastmask`` (lanes past N are never read, and read as 0);
+- ``tile``: where the finished ``MR x NR`` tile is stored, row-major, 64-byte aligned (per-thread scratch):
+  the caller applies its epilogue from there while the tile is still in L1.
+
+``MR x NV`` accumulators of ``<16 x float>`` live in zmm registers over the K loop (``llvm.fma.v16f32``); B is
+read as ``NV`` vector loads and A as ``MR`` scalar broadcasts per K step (8 x 3 = 24 accumulators + 3 B vectors
++ 1 broadcast fit the 32 zmm registers of AVX-512).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from ..kernel import F32, I1, I64, VOID
+
+I16 = ir.IntType(16)
+VEC = 16  # floats per zmm register
+VT = ir.VectorType(F32, VEC)
+
+
+def splat(bld: ir.IRBuilder, x: ir.Value, width: int = VEC) -> ir.Value:
+    """<width x float> with every lane ``x`` (LLVM turns it into a broadcast, folded into the FMA's operand)."""
+    vt = ir.VectorType(x.type, width)
+    v = bld.insert_element(ir.Constant(vt, None), x, ir.Constant(ir.IntType(32), 0))
+    return bld.shuffle_vector(v, ir.Constant(vt, None), ir.Constant(ir.VectorType(ir.IntType(32), width), None))
+
+# (MR, NV) for the general case, and for small M (GEMV-like: few rows, wider tiles to keep enough
+# independent accumulators and stream B once)
+MR_MAIN, NV_MAIN = 8, 3
+SMALL_M_SHAPES = {1: 8, 2: 6, 3: 6, 4: 5, 5: 4, 6: 4, 7: 3}
+
+
+def tile_shape(m: int) -> tuple[int, int]:
+    """(MR, NV) of the microkernel used for a GEMM with ``m`` rows."""
+    if m >= MR_MAIN:
+        return MR_MAIN, NV_MAIN
+    return m, SMALL_M_SHAPES[m]
+
+
+UKR_TYPE = ir.FunctionType(VOID, [I64, F32.as_pointer(), F32.as_pointer(), I64, F32.as_pointer(), I16])
+
+
+def microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
+    """The ``MR x (NV*16)`` microkernel function of ``module`` (built on first use)."""
+    name = f"graphc.ukr.{mr}x{nv}"
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    vt = VT
+    fn = ir.Function(module, UKR_TYPE, name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    k, a, b, ldb, tile, lastmask = fn.args
+    for p in (a, b, tile):
+        p.add_attribute("noalias")
+    fma = _declare(module, "llvm.fma.v16f32", vt, [vt, vt, vt])
+    mload = _declare(module, "llvm.masked.load.v16f32.p0", vt,
+                     [vt.as_pointer(), ir.IntType(32), ir.VectorType(I1, VEC), vt])
+    entry = fn.append_basic_block("entry")
+    loop = fn.append_basic_block("loop")
+    done = fn.append_basic_block("done")
+    bld = ir.IRBuilder(entry)
+    mask = bld.bitcast(lastmask, ir.VectorType(I1, VEC))
+    zero = ir.Constant(vt, None)
+    bld.branch(loop)
+
+    bld.position_at_end(loop)
+    kk = bld.phi(I64, name="kk")
+    ap = bld.phi(F32.as_pointer(), name="ap")
+    bp = bld.phi(F32.as_pointer(), name="bp")
+    accs = [[bld.phi(vt, name=f"c{r}_{v}") for v in range(nv)] for r in range(mr)]
+    for row in accs:
+        for acc in row:
+            acc.add_incoming(zero, entry)
+    kk.add_incoming(ir.Constant(I64, 0), entry)
+    ap.add_incoming(a, entry)
+    bp.add_incoming(b, entry)
+    bvecs = []
+    for v in range(nv):
+        ptr = bld.bitcast(bld.gep(bp, [ir.Constant(I64, 16 * v)], inbounds=True), vt.as_pointer())
+        if v == nv - 1:
+            bvecs.append(bld.call(mload, [ptr, ir.Constant(ir.IntType(32), 4), mask, zero]))
+        else:
+            bvecs.append(bld.load(ptr, align=4))
+    new = []
+    for r in range(mr):
+        av = splat(bld, bld.load(bld.gep(ap, [ir.Constant(I64, r)], inbounds=True), align=4))
+        new.append([bld.call(fma, [av, bvecs[v], accs[r][v]]) for v in range(nv)])
+    ap_next = bld.gep(ap, [ir.Constant(I64, mr)], inbounds=True)
+    bp_next = bld.gep(bp, [ldb], inbounds=True)
+    kk_next = bld.add(kk, ir.Constant(I64, 1))
+    for r in range(mr):
+        for v in range(nv):
+            accs[r][v].add_incoming(new[r][v], loop)
+    kk.add_incoming(kk_next, loop)
+    ap.add_incoming(ap_next, loop)
+    bp.add_incoming(bp_next, loop)
+    bld.cbranch(bld.icmp_signed("<", kk_next, k), loop, done)
+
+    bld.position_at_end(done)
+    for r in range(mr):
+        for v in range(nv):
+            ptr = bld.bitcast(bld.gep(tile, [ir.Constant(I64, (r * nv + v) * VEC)], inbounds=True), vt.as_pointer())
+            bld.store(new[r][v], ptr, align=64)
+    bld.ret_void()
+    return fn
+
+
+def _declare(module: ir.Module, name: str, ret: ir.Type, args: list) -> ir.Function:
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
+    return fn
+
+
+def lane_mask(n_valid: int) -> int:
+    """The i16 mask of the last vector of a run of ``n_valid`` (> 0) columns."""
+    rem = n_valid % VEC
+    return 0xFFFF if rem == 0 else (1 << rem) - 1
+
+
+def mask_constant(n_valid: int) -> ir.Constant:
+    m = lane_mask(n_valid)
+    return ir.Constant(I16, m - (1 << 16) if m >= 1 << 15 else m)
+
+
+# -- compile-time packing (constant operands) -------------------------------------------------------------------
+
+
+def pack_a_const(a: np.ndarray, mr: int) -> np.ndarray:
+    """A (M, K) -> panels (ceil(M/MR), K, MR), zero rows past M, flat float32."""
+    m, k = a.shape
+    panels = -(-m // mr)
+    out = np.zeros((panels * mr, k), np.float32)
+    out[:m] = a
+    return np.ascontiguousarray(out.reshape(panels, mr, k).transpose(0, 2, 1)).reshape(-1)
+
+
+def pack_b_const(b: np.ndarray, nr: int) -> np.ndarray:
+    """B (K, N) -> panels (ceil(N/NR), K, NR), zero columns past N, flat float32."""
+    k, n = b.shape
+    panels = -(-n // nr)
+    out = np.zeros((k, panels * nr), np.float32)
+    out[:, :n] = b
+    return np.ascontiguousarray(out.reshape(k, panels, nr).transpose(1, 0, 2)).reshape(-1)
