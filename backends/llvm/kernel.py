@@ -153,6 +153,23 @@ class KernelBuilder:
         start = b.add(b.mul(self.tid, per_thread), ir.Constant(I64, offset))
         return b.bitcast(b.gep(base, [start], inbounds=True), elem.as_pointer())
 
+    def shared_scratch(self, nbytes: int, elem: ir.Type = F32) -> ir.Value:
+        """Memory of ``nbytes`` shared by all threads of the run (64-byte aligned, uninitialised, valid in this
+        kernel only). Threads that write it and then read each other's parts must :meth:`barrier` between."""
+        offset = self.program.reserve_temp(nbytes)
+        return self._slot_pointer(self.program.TEMP_SLOT, offset, elem)
+
+    def barrier(self) -> None:
+        """Wait until every thread of the run reaches this point (all threads must call it equally often).
+
+        It returns early once the run's abort word is set; the kernel then finishes on whatever it has and
+        the entry function ends the run after the kernel."""
+        from .sync import barrier_function
+
+        b = ir.IRBuilder(self._entry)
+        sync = b.load(b.gep(self.slots, [ir.Constant(I64, self.program.SYNC_SLOT)], inbounds=True))
+        self.builder.call(barrier_function(self.module), [sync, self.nthreads])
+
     def fail_if(self, condition: ir.Value, message: str) -> None:
         """End the run with ``ExecutionError(message)`` when ``condition`` (i1) holds (bad indices in the data).
 

@@ -211,6 +211,12 @@ class Program:
         self._temp_top += nbytes
         return Storage(self.TEMP_SLOT, offset, np.dtype(dtype), shape)
 
+    def reserve_temp(self, nbytes: int) -> int:
+        """Offset of ``nbytes`` of the temporaries region for a kernel's own shared use."""
+        offset = self._temp_top
+        self._temp_top += _align(nbytes)
+        return offset
+
     def reserve_constant_slot(self) -> int:
         self.slots.append(SlotSpec("const"))
         return len(self.slots) - 1

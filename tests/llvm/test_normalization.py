@@ -163,3 +163,19 @@ def test_a_body_the_row_emitter_declines_is_split_and_still_correct():
                    opset=11)
     llvm, _ = _check(model, {"x": _rand(4, 8)}, "ReduceSum")
     assert "rowwise" not in llvm.executable.describe()["specializations"][0]["emitters"]
+
+
+@pytest.mark.parametrize("size, shape", [(5, (1, 16, 7, 9)), (3, (2, 4, 5)), (2, (1, 3, 4, 4))])
+def test_lrn_matches_the_reference(size, shape):
+    from onnx import TensorProto, helper
+
+    import graphc
+
+    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=2e-3, beta=0.75, bias=1.5)
+    graph = helper.make_graph([node], "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(size).standard_normal(shape).astype(np.float32) * 4
+    llvm = graphc.compile(model, target="llvm", threads=2)
+    assert llvm.report()["backend"]["specializations"][0]["emitters"] == {"LRN": 1}
+    np.testing.assert_allclose(llvm(x), graphc.compile(model, target="reference")(x), rtol=2e-6, atol=1e-7)

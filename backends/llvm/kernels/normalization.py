@@ -295,3 +295,60 @@ def emit_rms_norm(kb, node) -> None:
 
     emit_rows(kb, layout, kb.ptr(x), dtype, Arith(kb, dtype), RowProgram([rms], [], write),
               grain=max(1, 1024 // layout.count))
+
+
+@node_emitter("LRN")
+def emit_lrn(kb, node) -> None:
+    """Local response normalisation across channels (float32, rank >= 3, NC...): per (n, c) plane, the window's
+    squares are summed into per-thread scratch along the contiguous spatial run (vectorised), then
+    ``y = x / exp(beta * log(bias + alpha / size * sum))`` -- pow through the float32 exp/log polynomials, so
+    the loop stays vectorised. The sum is direct (the reference subtracts cumulative sums); both are float32
+    and agree to rounding."""
+    from llvmlite import ir
+
+    from ....ops import OpContext, lookup
+    from ..kernel import F32
+    from .mathfns import Lanes, exp_f32, log_f32
+
+    x, y = node.inputs[0], node.outputs[0]
+    if kb.dtype(x) != np.float32 or kb.dtype(y) != np.float32:
+        raise Unsupported("LRN: float32 only")
+    shape = kb.shape(x)
+    if len(shape) < 3:
+        raise Unsupported("LRN: rank < 3")
+    ctx = OpContext(node, lookup(node.domain, node.op_type))
+    size = int(ctx.attr("size"))
+    alpha, beta, bias = (float(ctx.attr(k)) for k in ("alpha", "beta", "bias"))
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    n, c = shape[0], shape[1]
+    inner = int(np.prod(shape[2:], dtype=np.int64))
+    if n * c * inner == 0:
+        return
+    b = kb.builder
+    src, dst = kb.ptr(x), kb.ptr(y)
+    acc = kb.scratch(inner * 4)
+    ln = Lanes(kb.module, b, 1)
+    zero, scale = ir.Constant(F32, 0.0), ir.Constant(F32, float(np.float32(alpha / size)))
+    lo, hi = kb.thread_range(n * c)
+    with kb.for_range(lo, hi, name="plane") as plane:
+        ch = b.urem(plane, kb.i64(c))
+        first = b.sub(plane, ch)  # plane index of channel 0 of this image
+        with kb.for_range(0, inner, name="z") as i:
+            b.store(zero, b.gep(acc, [i]))
+        c_lo = b.sub(ch, kb.i64(before))
+        c_lo = b.select(b.icmp_signed("<", c_lo, kb.i64(0)), kb.i64(0), c_lo)
+        c_hi = b.add(ch, kb.i64(after + 1))
+        c_hi = b.select(b.icmp_signed(">", c_hi, kb.i64(c)), kb.i64(c), c_hi)
+        with kb.for_range(c_lo, c_hi, name="win") as cw:
+            row = b.gep(src, [b.mul(b.add(first, cw), kb.i64(inner))])
+            with kb.for_range(0, inner, name="sq") as i:
+                v = b.load(b.gep(row, [i]))
+                p = b.gep(acc, [i])
+                b.store(b.fadd(b.load(p), b.fmul(v, v)), p)
+        base = b.mul(plane, kb.i64(inner))
+        with kb.for_range(0, inner, name="out") as i:
+            s = b.load(b.gep(acc, [i]))
+            d = b.fadd(ir.Constant(F32, float(np.float32(bias))), b.fmul(scale, s))
+            denom = exp_f32(ln, b.fmul(ir.Constant(F32, float(np.float32(beta))), log_f32(ln, d)))
+            at = b.add(base, i)
+            b.store(b.fdiv(b.load(b.gep(src, [at])), denom), b.gep(dst, [at]))

@@ -6,12 +6,13 @@ equal to the sequence length for every batch row); optional ``initial_h``/``init
 weights); default activations (Sigmoid, Tanh, Tanh); no ``clip``, no ``input_forget``, no peepholes.
 Anything else declines (the reference kernel runs it).
 
-Layout of the work: ``W`` and ``R`` are stored transposed (``[input, 4H]``, ``[H, 4H]``) so that the gate
-pre-activations of a step are built by rows: for each input feature k, ``gates[b, :] += x[b, k] * WT[k, :]``
--- a contiguous multiply-add over 4H lanes that LLVM vectorises, reading each weight row once per step for
-the whole batch. The recurrence is sequential, so one thread runs it (the others return at once); at batch
-1 a step is a matrix-vector product bound by reading the weights, which a second core would not speed up
-much without splitting the gates across cores with a barrier per step (a later improvement).
+Layout of the work: ``W`` and ``R`` are stored transposed (``[input, 4H]``, ``[H, 4H]``), so a block of 64
+gate pre-activations is a sum of weight-row slices scaled by broadcast inputs, held in four 16-lane
+registers over the whole reduction. First the input projection of every step at once (``x @ WT + bias`` for
+all (step, batch) rows, column block by column block so that a WT block stays in cache while the rows stream
+past); then per step only ``h @ RT`` (H x 4H floats, the one weight read per step) and the cell. The
+recurrence is sequential, so one thread runs the kernel (the others return at once); splitting the gate
+blocks across cores would need a barrier per step inside the kernel (a later improvement).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def _check(kb: KernelBuilder, node) -> dict:
 @node_emitter("LSTM")
 def emit_lstm(kb: KernelBuilder, node) -> None:
     p = _check(kb, node)
+    if p["hidden"] % VEC == 0:
+        _emit_parallel(kb, node, p)
+        return
     outs = list(node.outputs) + [None] * (3 - len(node.outputs))
     Y, Yh, Yc = outs[:3]
     seq, batch, hidden, dirs = p["seq"], p["batch"], p["hidden"], p["dirs"]
@@ -77,6 +81,7 @@ def emit_lstm(kb: KernelBuilder, node) -> None:
     b.position_at_end(work)
     x = kb.ptr(p["X"])
     gates = kb.scratch(batch * g4 * 4)
+    xw = kb.scratch(seq * batch * g4 * 4)  # the input projection of every step, bias included
     h = kb.scratch(batch * hidden * 4)
     c = kb.scratch(batch * hidden * 4)
     ln = Lanes(kb.module, b, 1)
@@ -105,25 +110,14 @@ def emit_lstm(kb: KernelBuilder, node) -> None:
                 v = b.load(at(src, b.add(i, kb.i64(d * batch * hidden)))) if src is not None else zero
                 b.store(v, at(state, i))
         reverse = p["reverse"] or d == 1
+        _projection(kb, xw, bp, x, wt, seq * batch, n_in, g4)
         with kb.for_range(0, seq, name="step") as s:
             t = b.sub(kb.i64(seq - 1), s) if reverse else s
-            _gates(kb, gates, bp, x, wt, h, rt, t, batch, n_in, hidden)
+            _gates(kb, gates, xw, t, h, rt, batch, hidden)
+            y_ptr = kb.ptr(Y) if Y is not None else None
             with kb.for_range(0, batch, name="cb") as bi:
-                with kb.for_range(0, hidden, name="cj") as j:
-                    base = lin((bi, g4), (j, 1))
-                    gi = b.load(at(gates, base))
-                    go = b.load(at(gates, b.add(base, kb.i64(hidden))))
-                    gf = b.load(at(gates, b.add(base, kb.i64(2 * hidden))))
-                    gc = b.load(at(gates, b.add(base, kb.i64(3 * hidden))))
-                    sidx = lin((bi, hidden), (j, 1))
-                    c_old = b.load(at(c, sidx))
-                    c_new = b.fadd(b.fmul(sigmoid(ln, gf), c_old), b.fmul(sigmoid(ln, gi), tanh(ln, gc)))
-                    h_new = b.fmul(sigmoid(ln, go), tanh(ln, c_new))
-                    b.store(c_new, at(c, sidx))
-                    b.store(h_new, at(h, sidx))
-                    if Y is not None:
-                        b.store(h_new, at(kb.ptr(Y), lin((t, dirs * batch * hidden), (d * batch * hidden, 1),
-                                                         (bi, hidden), (j, 1))))
+                y_row = lin((t, dirs * batch * hidden), (d * batch * hidden, 1), (bi, hidden))
+                _cell(kb, gates, c, h, y_ptr, lin((bi, g4)), lin((bi, hidden)), y_row, hidden)
         for out, state in ((Yh, h), (Yc, c)):
             if out is None:
                 continue
@@ -138,68 +132,238 @@ VEC = 16  # floats per vector (AVX-512); LLVM splits wider-than-native vectors o
 BLOCK = 4  # vectors of gates kept in registers while a weight row streams past
 
 
-def _gates(kb: KernelBuilder, gates, bias, x, wt, h, rt, t, batch: int, n_in: int, hidden: int) -> None:
-    """gates[b, :] = bias + x[t, b, :] @ WT + h[b, :] @ RT, as a matrix-vector product per batch row with
-    ``BLOCK`` x 16 gate pre-activations held in registers over the whole reduction (the weights stream from
-    memory once per row and step; nothing else does). A tail of 4H that is not a multiple of 64 is scalar."""
+def _block(kb: KernelBuilder, out, out_at, init, init_at, terms, g4: int, jb, store: bool = True,
+           blocked: bool = False) -> list:
+    """out[out_at + jb : +64] = init[init_at + jb : +64] + sum over terms (src, src_at, weights, count) of
+    src[src_at + k] * weights[k, jb : jb + 64]: ``BLOCK`` vectors held in registers over the whole k loop.
+
+    ``blocked``: the weights are stored block by block (``[4H / 64, count, 64]``), so one block's rows are
+    64 floats apart instead of 4H: rows 4H floats apart (16 KB for H = 1024, 4 KB for H = 256) all land in
+    the same L1 sets and evict each other."""
     b = kb.builder
-    g4 = 4 * hidden
     vt = ir.VectorType(F32, VEC)
     vptr = vt.as_pointer()
     fma = kb.intrinsic(f"llvm.fma.v{VEC}f32", vt, [vt, vt, vt])
-    sfma = kb.intrinsic("llvm.fma.f32", F32, [F32, F32, F32])
-    width = BLOCK * VEC
-    full = g4 // width * width
-
-    def splat(v):
-        one = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
-        return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), VEC),
-                                                                             [0] * VEC))
 
     def vload(ptr, idx):
         return b.load(b.bitcast(b.gep(ptr, [idx], inbounds=True), vptr), align=4)
 
+    def splat(v):
+        one = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
+        return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                ir.Constant(ir.VectorType(ir.IntType(32), VEC), [0] * VEC))
+
+    accs = [vload(init, b.add(init_at, b.add(jb, kb.i64(i * VEC)))) for i in range(BLOCK)]
+    for src, src_at, weights, count in terms:
+        pre = b.block
+        loop = b.append_basic_block("mv.body")
+        done = b.append_basic_block("mv.end")
+        b.branch(loop)
+        b.position_at_end(loop)
+        k = b.phi(I64)
+        k.add_incoming(kb.i64(0), pre)
+        phis = []
+        for a in accs:
+            ph = b.phi(vt)
+            ph.add_incoming(a, pre)
+            phis.append(ph)
+        xv = splat(b.load(b.gep(src, [b.add(src_at, k)], inbounds=True)))
+        if blocked:
+            w_at = b.add(b.mul(jb, kb.i64(count)), b.mul(k, kb.i64(BLOCK * VEC)))
+        else:
+            w_at = b.add(b.mul(k, kb.i64(g4)), jb)
+        new = [b.call(fma, [xv, vload(weights, b.add(w_at, kb.i64(i * VEC))), ph]) for i, ph in enumerate(phis)]
+        nk = b.add(k, kb.i64(1))
+        k.add_incoming(nk, loop)
+        for ph, n in zip(phis, new):
+            ph.add_incoming(n, loop)
+        b.cbranch(b.icmp_signed("<", nk, kb.i64(count)), loop, done)
+        b.position_at_end(done)
+        accs = new
+    if store:
+        for i, a in enumerate(accs):
+            dst = b.gep(out, [b.add(out_at, b.add(jb, kb.i64(i * VEC)))], inbounds=True)
+            b.store(a, b.bitcast(dst, vptr), align=4)
+    return accs
+
+
+def _scalar_tail(kb: KernelBuilder, out, out_at, init, init_at, terms, g4: int, start: int) -> None:
+    """The same for the columns [start, 4H) that do not fill a block (rare: 4H not a multiple of 64)."""
+    b = kb.builder
+    sfma = kb.intrinsic("llvm.fma.f32", F32, [F32, F32, F32])
+    with kb.for_range(start, g4, name="tail") as j:
+        acc_ptr = b.gep(out, [b.add(out_at, j)])
+        b.store(b.load(b.gep(init, [b.add(init_at, j)])), acc_ptr)
+        for src, src_at, weights, count in terms:
+            with kb.for_range(0, count, name="tk") as k:
+                v = b.load(b.gep(src, [b.add(src_at, k)]))
+                w = b.load(b.gep(weights, [b.add(b.mul(k, kb.i64(g4)), j)]))
+                b.store(b.call(sfma, [v, w, b.load(acc_ptr)]), acc_ptr)
+
+
+def _projection(kb: KernelBuilder, xw, bias, x, wt, rows: int, n_in: int, g4: int) -> None:
+    """xw[r, :] = bias + x[r, :] @ WT for every (step, batch) row r at once, column block by column block, so
+    that a block of WT (n_in x 64 floats) stays in cache while every row streams past it."""
+    full = g4 // (BLOCK * VEC) * (BLOCK * VEC)
+    zero = kb.i64(0)
+    if full:
+        with kb.for_range(0, full, BLOCK * VEC, name="pjb") as jb:
+            with kb.for_range(0, rows, name="pr") as r:
+                _block(kb, xw, kb.builder.mul(r, kb.i64(g4)), bias, zero,
+                       [(x, kb.builder.mul(r, kb.i64(n_in)), wt, n_in)], g4, jb)
+    if full < g4:
+        with kb.for_range(0, rows, name="prt") as r:
+            _scalar_tail(kb, xw, kb.builder.mul(r, kb.i64(g4)), bias, zero,
+                         [(x, kb.builder.mul(r, kb.i64(n_in)), wt, n_in)], g4, full)
+
+
+def _gates(kb: KernelBuilder, gates, xw, t, h, rt, batch: int, hidden: int) -> None:
+    """gates[b, :] = xw[t, b, :] + h[b, :] @ RT: one matrix-vector product per batch row and step; RT
+    (H x 4H floats) is the only weight read per step."""
+    b = kb.builder
+    g4 = 4 * hidden
+    full = g4 // (BLOCK * VEC) * (BLOCK * VEC)
     with kb.for_range(0, batch, name="gb") as bi:
-        x_row = b.add(b.mul(t, kb.i64(batch * n_in)), b.mul(bi, kb.i64(n_in)))
-        h_row = b.mul(bi, kb.i64(hidden))
         g_row = b.mul(bi, kb.i64(g4))
+        xw_row = b.mul(b.add(b.mul(t, kb.i64(batch)), bi), kb.i64(g4))
+        terms = [(h, b.mul(bi, kb.i64(hidden)), rt, hidden)]
         if full:
-            with kb.for_range(0, full, width, name="jb") as jb:
-                accs = [vload(bias, b.add(jb, kb.i64(i * VEC))) for i in range(BLOCK)]
-                for src, src_row, weights, count in ((x, x_row, wt, n_in), (h, h_row, rt, hidden)):
-                    pre = b.block
-                    loop = b.append_basic_block("gk.body")
-                    done = b.append_basic_block("gk.end")
-                    b.branch(loop)
-                    b.position_at_end(loop)
-                    k = b.phi(I64)
-                    k.add_incoming(kb.i64(0), pre)
-                    phis = []
-                    for a in accs:
-                        ph = b.phi(vt)
-                        ph.add_incoming(a, pre)
-                        phis.append(ph)
-                    xv = splat(b.load(b.gep(src, [b.add(src_row, k)], inbounds=True)))
-                    w_at = b.add(b.mul(k, kb.i64(g4)), jb)
-                    new = [b.call(fma, [xv, vload(weights, b.add(w_at, kb.i64(i * VEC))), ph])
-                           for i, ph in enumerate(phis)]
-                    nk = b.add(k, kb.i64(1))
-                    k.add_incoming(nk, loop)
-                    for ph, n in zip(phis, new):
-                        ph.add_incoming(n, loop)
-                    b.cbranch(b.icmp_signed("<", nk, kb.i64(count)), loop, done)
-                    b.position_at_end(done)
-                    accs = new
-                for i, a in enumerate(accs):
-                    dst = b.gep(gates, [b.add(g_row, b.add(jb, kb.i64(i * VEC)))], inbounds=True)
-                    b.store(a, b.bitcast(dst, vptr), align=4)
+            with kb.for_range(0, full, BLOCK * VEC, name="jb") as jb:
+                _block(kb, gates, g_row, xw, xw_row, terms, g4, jb)
         if full < g4:
-            with kb.for_range(full, g4, name="gj") as j:
-                acc = b.load(b.gep(bias, [j]))
-                acc_ptr = b.gep(gates, [b.add(g_row, j)])
-                b.store(acc, acc_ptr)
-                for src, src_row, weights, count in ((x, x_row, wt, n_in), (h, h_row, rt, hidden)):
-                    with kb.for_range(0, count, name="gk") as k:
-                        v = b.load(b.gep(src, [b.add(src_row, k)]))
-                        w = b.load(b.gep(weights, [b.add(b.mul(k, kb.i64(g4)), j)]))
-                        b.store(b.call(sfma, [v, w, b.load(acc_ptr)]), acc_ptr)
+            _scalar_tail(kb, gates, g_row, xw, xw_row, terms, g4, full)
+
+
+def _cell(kb: KernelBuilder, gates, c, h, y, g_row, s_row, y_row, hidden: int) -> None:
+    """c = sigmoid(f) c + sigmoid(i) tanh(g); h = sigmoid(o) tanh(c) for one batch row, 16 lanes at a time with
+    the polynomial sigmoid/tanh (a scalar loop does the last hidden % 16)."""
+    b = kb.builder
+    full = hidden // VEC * VEC
+
+    def body(width: int, j) -> None:
+        ln = Lanes(kb.module, b, width)
+        ty = ln.ty(F32)
+
+        def load(ptr, idx):
+            p = b.gep(ptr, [idx], inbounds=True)
+            return b.load(b.bitcast(p, ty.as_pointer()), align=4) if width > 1 else b.load(p)
+
+        def store(v, ptr, idx):
+            p = b.gep(ptr, [idx], inbounds=True)
+            b.store(v, b.bitcast(p, ty.as_pointer()) if width > 1 else p, align=4)
+
+        gi = load(gates, b.add(g_row, j))
+        go = load(gates, b.add(g_row, b.add(j, kb.i64(hidden))))
+        gf = load(gates, b.add(g_row, b.add(j, kb.i64(2 * hidden))))
+        gc = load(gates, b.add(g_row, b.add(j, kb.i64(3 * hidden))))
+        c_new = b.fadd(b.fmul(sigmoid(ln, gf), load(c, b.add(s_row, j))), b.fmul(sigmoid(ln, gi), tanh(ln, gc)))
+        h_new = b.fmul(sigmoid(ln, go), tanh(ln, c_new))
+        store(c_new, c, b.add(s_row, j))
+        store(h_new, h, b.add(s_row, j))
+        if y is not None:
+            store(h_new, y, b.add(y_row, j))
+
+    if full:
+        with kb.for_range(0, full, VEC, name="cv") as j:
+            body(VEC, j)
+    if full < hidden:
+        with kb.for_range(full, hidden, name="cs") as j:
+            body(1, j)
+
+
+def _emit_parallel(kb: KernelBuilder, node, p: dict) -> None:
+    """The LSTM split across the run's threads (hidden a multiple of 16).
+
+    The 4H gate columns are permuted at compile time so that column block q (64 columns) holds the i, o, f, c
+    pre-activations of hidden units 16q .. 16q+15: a block's four register accumulators are then exactly what
+    the cell of those units needs, so gates never go to memory, and a thread that owns blocks [q0, q1) owns
+    those hidden units' cell state too. Each thread keeps its slice of R (H x 64 columns per block) hot in its
+    own cache from step to step. h is double-buffered in shared memory (a step reads all of h and writes its
+    own units), with one barrier per step; the input projection of every step comes first, split the same way.
+    """
+    b = kb.builder
+    seq, batch, hidden, dirs = p["seq"], p["batch"], p["hidden"], p["dirs"]
+    n_in = p["W"].shape[-1]
+    g4 = 4 * hidden
+    nq = hidden // VEC
+    width = BLOCK * VEC
+    perm = np.concatenate([np.arange(g * hidden + q * VEC, g * hidden + (q + 1) * VEC)
+                           for q in range(nq) for g in range(4)])
+    outs = list(node.outputs) + [None] * (3 - len(node.outputs))
+    Y, Yh, Yc = outs[:3]
+    x = kb.ptr(p["X"])
+    y_ptr = kb.ptr(Y) if Y is not None else None
+    rows = seq * batch
+    xw = kb.shared_scratch(rows * g4 * 4)
+    hbuf = kb.shared_scratch(2 * batch * hidden * 4)
+    cbuf = kb.shared_scratch(batch * hidden * 4)
+    q0, q1 = kb.thread_range(nq)
+    ln = Lanes(kb.module, b, VEC)
+    vt = ln.ty(F32)
+
+    def vload(ptr, idx):
+        return b.load(b.bitcast(b.gep(ptr, [idx], inbounds=True), vt.as_pointer()), align=4)
+
+    def vstore(v, ptr, idx):
+        b.store(v, b.bitcast(b.gep(ptr, [idx], inbounds=True), vt.as_pointer()), align=4)
+
+    for d in range(dirs):
+        wt = kb.constant_array(_blocked(p["W"][d].T[:, perm]))
+        rt = kb.constant_array(_blocked(p["R"][d].T[:, perm]))
+        bias = np.zeros(g4, np.float32) if p["B"] is None else (p["B"][d][:g4] + p["B"][d][g4:]).astype(np.float32)
+        bp = kb.constant_array(np.ascontiguousarray(bias[perm]))
+        # this thread's hidden units: their initial state, and their columns of the input projection
+        for state, init, off in ((hbuf, p["h0"], 0), (cbuf, p["c0"], None)):
+            src = kb.ptr(init) if init is not None else None
+            with kb.for_range(0, batch, name="ib") as bi:
+                with kb.for_range(q0, q1, name="iq") as q:
+                    j = b.mul(q, kb.i64(VEC))
+                    at = b.add(b.mul(bi, kb.i64(hidden)), j)
+                    v = vload(src, b.add(at, kb.i64(d * batch * hidden))) if src is not None else ln.const(F32, 0.0)
+                    vstore(v, state, at)
+        with kb.for_range(q0, q1, name="pq") as q:
+            jb = b.mul(q, kb.i64(width))
+            with kb.for_range(0, rows, name="pr") as r:
+                _block(kb, xw, b.mul(r, kb.i64(g4)), bp, kb.i64(0), [(x, b.mul(r, kb.i64(n_in)), wt, n_in)], g4, jb,
+                       blocked=True)
+        kb.barrier()  # h0 and every step's projection are complete
+        reverse = p["reverse"] or d == 1
+        with kb.for_range(0, seq, name="step") as s:
+            t = b.sub(kb.i64(seq - 1), s) if reverse else s
+            parity = b.and_(s, kb.i64(1))
+            h_cur = b.gep(hbuf, [b.mul(parity, kb.i64(batch * hidden))])
+            h_next = b.gep(hbuf, [b.mul(b.xor(parity, kb.i64(1)), kb.i64(batch * hidden))])
+            with kb.for_range(q0, q1, name="sq") as q:
+                jb = b.mul(q, kb.i64(width))
+                j = b.mul(q, kb.i64(VEC))
+                with kb.for_range(0, batch, name="sb") as bi:
+                    xw_at = b.mul(b.add(b.mul(t, kb.i64(batch)), bi), kb.i64(g4))
+                    gi, go, gf, gc = _block(kb, None, None, xw, xw_at, [(h_cur, b.mul(bi, kb.i64(hidden)), rt, hidden)],
+                                            g4, jb, store=False, blocked=True)
+                    at = b.add(b.mul(bi, kb.i64(hidden)), j)
+                    c_new = b.fadd(b.fmul(sigmoid(ln, gf), vload(cbuf, at)), b.fmul(sigmoid(ln, gi), tanh(ln, gc)))
+                    h_new = b.fmul(sigmoid(ln, go), tanh(ln, c_new))
+                    vstore(c_new, cbuf, at)
+                    vstore(h_new, h_next, at)
+                    if y_ptr is not None:
+                        y_at = b.add(b.mul(b.add(b.mul(t, kb.i64(dirs)), kb.i64(d)), kb.i64(batch * hidden)), at)
+                        vstore(h_new, y_ptr, y_at)
+            kb.barrier()  # every unit's h for this step is written before the next step reads all of h
+        h_last = b.gep(hbuf, [kb.i64((seq % 2) * batch * hidden)])
+        for out, state in ((Yh, h_last), (Yc, cbuf)):
+            if out is None:
+                continue
+            dst = kb.ptr(out)
+            with kb.for_range(0, batch, name="fb") as bi:
+                with kb.for_range(q0, q1, name="fq") as q:
+                    at = b.add(b.mul(bi, kb.i64(hidden)), b.mul(q, kb.i64(VEC)))
+                    vstore(vload(state, at), dst, b.add(at, kb.i64(d * batch * hidden)))
+        if d + 1 < dirs:
+            kb.barrier()  # the next direction reuses the shared buffers
+
+
+def _blocked(wt: np.ndarray) -> np.ndarray:
+    """[count, 4H] -> [4H / 64, count, 64]: each 64-column block contiguous (see ``_block``)."""
+    count, g4 = wt.shape
+    width = BLOCK * VEC
+    return np.ascontiguousarray(wt.astype(np.float32).reshape(count, g4 // width, width).transpose(1, 0, 2))
