@@ -86,6 +86,7 @@ class Program:
     plan: Plan
     bindings: dict[str, int]
     input_shapes: list[tuple[int, ...] | None]
+    threads: int = 0  # the worker threads that will run it (code generators size their splits by it)
     module: ir.Module = None
     slots: list[SlotSpec] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)

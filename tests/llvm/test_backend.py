@@ -179,3 +179,16 @@ def test_failures_never_leave_a_thread_waiting():
         with pytest.raises(ExecutionError):
             m.run({"x": x, "i": np.array([0, 7], np.int64)})
         np.testing.assert_array_equal(m.run({"x": x, "i": np.array([1, 0], np.int64)})["y"], x[[1, 0]])
+
+
+def test_automatic_threads_keep_small_models_on_one_thread(monkeypatch):
+    from graphc.backends.llvm import executable
+
+    monkeypatch.setattr(executable, "default_threads", lambda: 2)
+    small = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [8])], [_vi("y", [8])])
+    assert graphc.compile(small, target="llvm").executable.threads == 1
+    assert graphc.compile(small, target="llvm", threads=2).executable.threads == 2  # asked for: honoured
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1024, 1024], np.zeros(1024 * 1024, np.float32))
+    big = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [64, 1024])], [_vi("y", [64, 1024])],
+                 [w])  # 134 MFLOP
+    assert graphc.compile(big, target="llvm").executable.threads == 2

@@ -212,6 +212,9 @@ class GemmGeometry:
 
 def threads_of(kb: KernelBuilder) -> int:
     """The number of worker threads the executable will run (the ``threads`` option, else the usable cores)."""
+    decided = getattr(kb.program, "threads", 0)
+    if decided:
+        return int(decided)
     try:
         t = int(kb.program.plan.options.get("threads") or 0)
     except (AttributeError, TypeError, ValueError):
