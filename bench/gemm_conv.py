@@ -13,8 +13,8 @@ is shared and single medians are noisy. numpy's number is its sgemm (BLAS, all i
 from __future__ import annotations
 
 import argparse
-import ctypes
-import threading
+import os
+import sys
 import time
 
 import numpy as np
@@ -46,57 +46,12 @@ GEMMS = [
 ]
 
 
-def fma_peak(threads: int, iters: int = 20_000_000) -> tuple[float, float]:
-    """(GFLOP/s of one thread, of ``threads`` threads together) on a register-only FMA loop."""
-    from llvmlite import ir
+def fma_peak(threads: int) -> tuple[float, float]:
+    """(GFLOP/s of one thread, of ``threads`` threads together) on bench/peak.py's register-only FMA loop."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from peak import measure_peak_gflops
 
-    from graphc.backends.llvm.jit import JitModule, new_module, optimize
-    from graphc.backends.llvm.kernels.microkernel import VT, splat
-
-    f32, i64 = ir.FloatType(), ir.IntType(64)
-    mod = new_module("fma_peak")
-    fn = ir.Function(mod, ir.FunctionType(f32, [i64]), "peak")
-    fma = ir.Function(mod, ir.FunctionType(VT, [VT, VT, VT]), "llvm.fma.v16f32")
-    entry, loop, done = (fn.append_basic_block(n) for n in ("entry", "loop", "done"))
-    b = ir.IRBuilder(entry)
-    b.branch(loop)
-    b.position_at_end(loop)
-    i = b.phi(i64)
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    accs = [b.phi(VT) for _ in range(24)]
-    x, y = splat(b, ir.Constant(f32, 1.0000001)), splat(b, ir.Constant(f32, 1e-7))
-    new = [b.call(fma, [a, x, y]) for a in accs]
-    for a, n in zip(accs, new):
-        a.add_incoming(ir.Constant(VT, None), entry)
-        a.add_incoming(n, loop)
-    nxt = b.add(i, ir.Constant(i64, 1))
-    i.add_incoming(nxt, loop)
-    b.cbranch(b.icmp_signed("<", nxt, fn.args[0]), loop, done)
-    b.position_at_end(done)
-    total = new[0]
-    for n in new[1:]:
-        total = b.fadd(total, n)
-    b.ret(b.extract_element(total, ir.Constant(ir.IntType(32), 0)))
-    jit = JitModule(optimize(mod))
-    peak = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(jit.address("peak"))
-    flops = iters * 24 * 32
-
-    def run(n: int) -> float:
-        times = [0.0] * n
-
-        def one(t):
-            t0 = time.perf_counter()
-            peak(iters)
-            times[t] = time.perf_counter() - t0
-
-        workers = [threading.Thread(target=one, args=(t,)) for t in range(n)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return n * flops / max(times) / 1e9
-
-    return max(run(1) for _ in range(3)), max(run(threads) for _ in range(3))
+    return measure_peak_gflops(1), measure_peak_gflops(threads)
 
 
 def conv_model(cin, h, w, cout, k, stride, pad):

@@ -201,27 +201,9 @@ class KernelBuilder:
             hi = self.umin(b.mul(hi, ir.Constant(I64, grain)), n_val)
         return lo, hi
 
-    @contextlib.contextmanager
-    def for_range(self, start, end, step: int = 1, name: str = "i") -> Iterator[ir.Value]:
+    def for_range(self, start, end, step: int = 1, name: str = "i"):
         """``for (i = start; i < end; i += step)`` (signed compare); the body is emitted inside the with-block."""
-        b = self.builder
-        start = ir.Constant(I64, int(start)) if isinstance(start, (int, np.integer)) else start
-        end = ir.Constant(I64, int(end)) if isinstance(end, (int, np.integer)) else end
-        pre = b.block
-        cond = b.append_basic_block(f"{name}.cond")
-        body = b.append_basic_block(f"{name}.body")
-        done = b.append_basic_block(f"{name}.end")
-        b.branch(cond)
-        b.position_at_end(cond)
-        i = b.phi(I64, name=name)
-        i.add_incoming(start, pre)
-        b.cbranch(b.icmp_signed("<", i, end), body, done)
-        b.position_at_end(body)
-        yield i
-        nxt = b.add(i, ir.Constant(I64, step), name=f"{name}.next")
-        i.add_incoming(nxt, b.block)
-        b.branch(cond)
-        b.position_at_end(done)
+        return builder_loop(self.builder, start, end, step, name)
 
     # -- small helpers -----------------------------------------------------------------------------------------
     def i64(self, n: int) -> ir.Constant:
@@ -242,6 +224,28 @@ class KernelBuilder:
         if not self.builder.block.is_terminated:
             self.builder.ret_void()
         ir.IRBuilder(self._entry).branch(self._body)
+
+
+@contextlib.contextmanager
+def builder_loop(b: ir.IRBuilder, start, end, step: int = 1, name: str = "i") -> Iterator[ir.Value]:
+    """The loop of :meth:`KernelBuilder.for_range` on a plain builder (shared helper functions have none)."""
+    start = ir.Constant(I64, int(start)) if isinstance(start, (int, np.integer)) else start
+    end = ir.Constant(I64, int(end)) if isinstance(end, (int, np.integer)) else end
+    pre = b.block
+    cond = b.append_basic_block(f"{name}.cond")
+    body = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.end")
+    b.branch(cond)
+    b.position_at_end(cond)
+    i = b.phi(I64, name=name)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, end), body, done)
+    b.position_at_end(body)
+    yield i
+    nxt = b.add(i, ir.Constant(I64, step), name=f"{name}.next")
+    i.add_incoming(nxt, b.block)
+    b.branch(cond)
+    b.position_at_end(done)
 
 
 # -- emitter registries ----------------------------------------------------------------------------------------

@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from ...ir.graph import Graph, Node, Value, captured_values
+from ...ir.graph import Graph, Node, Value
 from ...ir.types import TensorType
 from ...ops import OpContext, lookup
 from ...plan import Plan
 from ...plan.memory import memory_plan_of
 from . import kernels as _kernels  # noqa: F401  (registers the emitters)
 from .jit import new_module
-from .kernel import (FUSED_EMITTERS, I8P, I32, I64, KERNEL_TYPE, NODE_EMITTERS, VOID, KernelBuilder, Storage,
+from .kernel import (FUSED_EMITTERS, I8P, I32, I64, NODE_EMITTERS, KernelBuilder, Storage,
                      Unsupported)
 from .sync import barrier_function
 

@@ -15,7 +15,6 @@ Implicit GEMM per (image, group): ``Y[co, oh*OW+ow] = W[co, ci*KH*KW] x im2col(X
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -24,7 +23,7 @@ from llvmlite import ir
 from ....ir.graph import Graph, Node
 from ....ops import OpContext, lookup
 from ....ops.nn import window_geometry
-from ..kernel import F32, I64, KernelBuilder, Unsupported, fused_emitter, node_emitter
+from ..kernel import F32, I64, KernelBuilder, Unsupported, builder_loop, fused_emitter, node_emitter
 from .gemm_driver import ConstA, DirectB, c64, emit_gemm, for_bits, keep_out_of_line, plan_gemm, threads_of
 from .microkernel import VEC, VT, splat
 from .tails import StoreTail, anchor_of, body_tail, check_no_overlap, const_in_body, width_of
@@ -86,22 +85,9 @@ def _zero_fill(kb: KernelBuilder, dst, lo, hi) -> None:
         b.store(ir.Constant(F32, 0.0), b.gep(dst, [j], inbounds=True), align=4)
 
 
-@contextlib.contextmanager
 def _loop(b: ir.IRBuilder, start, end, name: str = "i"):
     """``for (i = start; i < end; ++i)`` in a plain builder (the shared helper functions have no KernelBuilder)."""
-    pre = b.block
-    cond, body, done = (b.append_basic_block(f"{name}.{s}") for s in ("cond", "body", "end"))
-    b.branch(cond)
-    b.position_at_end(cond)
-    i = b.phi(I64, name=name)
-    i.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", i, end), body, done)
-    b.position_at_end(body)
-    yield i
-    nxt = b.add(i, c64(1))
-    i.add_incoming(nxt, b.block)
-    b.branch(cond)
-    b.position_at_end(done)
+    return builder_loop(b, start, end, 1, name)
 
 
 def _smax(b, x, y):

@@ -65,7 +65,8 @@ class ConstA:
         self.kb = kb
         nb, m, k = mats.shape
         self.panel_floats = mr * k
-        packed = np.concatenate([pack_a_const(mats[i].astype(np.float32), mr) for i in range(nb)])
+        packs = [pack_a_const(mats[i].astype(np.float32, copy=False), mr) for i in range(nb)]
+        packed = packs[0] if nb == 1 else np.concatenate(packs)
         self.base = kb.constant_array(packed)
         self.per_batch = (-(-m // mr)) * mr * k
         self.batch_index = np.asarray(batch_index, np.int64)

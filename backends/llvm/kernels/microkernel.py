@@ -144,10 +144,13 @@ def mask_constant(n_valid: int) -> ir.Constant:
 def pack_a_const(a: np.ndarray, mr: int) -> np.ndarray:
     """A (M, K) -> panels (ceil(M/MR), K, MR), zero rows past M, flat float32."""
     m, k = a.shape
-    panels = -(-m // mr)
-    out = np.zeros((panels * mr, k), np.float32)
-    out[:m] = a
-    return np.ascontiguousarray(out.reshape(panels, mr, k).transpose(0, 2, 1)).reshape(-1)
+    panels, full = -(-m // mr), m // mr
+    out = np.empty((panels, k, mr), np.float32)  # one strided copy (this runs at every compile and load)
+    out[:full] = a[:full * mr].reshape(full, mr, k).transpose(0, 2, 1)
+    if full < panels:
+        out[full] = 0.0
+        out[full, :, :m - full * mr] = a[full * mr:].T
+    return out.reshape(-1)
 
 
 def pack_b_const(b: np.ndarray, nr: int) -> np.ndarray:

@@ -84,7 +84,6 @@ def emit_lstm(kb: KernelBuilder, node) -> None:
     xw = kb.scratch(seq * batch * g4 * 4)  # the input projection of every step, bias included
     h = kb.scratch(batch * hidden * 4)
     c = kb.scratch(batch * hidden * 4)
-    ln = Lanes(kb.module, b, 1)
     zero = ir.Constant(F32, 0.0)
 
     def at(ptr, idx):
