@@ -4,10 +4,9 @@
   at ``compile`` time; one with symbolic dims (a batch size ``N``) is compiled on the first run for each new
   binding of its dims and kept (``specializations``), the memory plan rescaled to the binding, no passes re-run.
 - **Threads.** ``threads`` workers (the compile option; 0 = the cores this process may use, or one for a model
-  under 32 MFLOP, see :func:`auto_threads`) call the entry
-  function together, SPMD: the calling thread is worker 0, the others are daemon threads parked on a
-  semaphore between runs. ctypes releases the GIL for the duration of each foreign call, so a run holds the
-  GIL only while a fallback (reference) kernel runs.
+  under 2 MFLOP, see :func:`auto_threads`) call the entry function together, SPMD: the calling thread is
+  worker 0, the others wait for runs in native code (workers.py). ctypes releases the GIL for the duration
+  of each foreign call, so a run holds the GIL only while a fallback (reference) kernel runs.
 - **Thread safety.** A lock serialises runs of one executable: a run already uses every core, the arena and
   sync block are per executable, and measured on this machine two callers gain nothing from overlapping.
   Each run allocates its outputs; the arena and temporaries are reused between runs.
@@ -28,6 +27,7 @@ from ...ir.graph import captured_values
 from ...plan import Plan
 from ..reference.executor import _Env, _Program
 from .jit import JitModule, optimize
+from .workers import NativeWorkers
 from .program import ENTRY, FIRST_ERROR_CODE, SYNC_BYTES, Program, SlotSpec
 
 _ENTRY_CTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
@@ -42,14 +42,15 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-SMALL_MODEL_FLOPS = 32e6  # below this, one thread: waking a worker (~55 us) costs more than it saves
+SMALL_MODEL_FLOPS = 2e6  # below this, one thread: the second thread's start and barriers cost more than it saves
 
 
 def auto_threads(plan: Plan) -> int:
     """Threads when the user did not say: the usable cores, or one for a model too small to share.
 
-    Measured here: handing a run to a parked worker thread costs about 55 us, and a 512 x 2048 matrix-vector
-    product takes 62 us on one thread and 112 us on two. FLOPs count symbolic dims as 1."""
+    Measured here: a one-op model runs in 7.6 us on one thread and 9.7 us on two (the workers wait in native
+    code, see workers.py), plus about a microsecond per barrier; a 2 MFLOP model takes about 20 us on one
+    thread. FLOPs count symbolic dims as 1."""
     from ...analysis import flops_by_op
 
     try:
@@ -65,59 +66,14 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
     return raw[start:start + int(nbytes)]
 
 
-class _Workers:
-    """``n - 1`` parked threads that each call ``job(tid)`` when released; the caller runs ``job(0)``."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self._start = [threading.Semaphore(0) for _ in range(n - 1)]
-        self._done = threading.Semaphore(0)
-        self._job = None
-        self._errors: list[BaseException] = []
-        self._stop = False
-        self._threads = [threading.Thread(target=self._loop, args=(t + 1,), daemon=True, name=f"graphc-llvm-{t + 1}")
-                         for t in range(n - 1)]
-        for t in self._threads:
-            t.start()
-
-    def _loop(self, tid: int) -> None:
-        while True:
-            self._start[tid - 1].acquire()
-            if self._stop:
-                return
-            try:
-                self._job(tid)
-            except BaseException as exc:  # reported by run() in the caller's thread
-                self._errors.append(exc)
-            finally:
-                self._done.release()
-
-    def run(self, job) -> None:
-        self._job = job
-        self._errors.clear()
-        for s in self._start:
-            s.release()
-        try:
-            job(0)
-        finally:
-            for _ in self._start:
-                self._done.acquire()
-        if self._errors:
-            raise self._errors[0]
-
-    def close(self) -> None:
-        self._stop = True
-        for s in self._start:
-            s.release()
-
-
 class _Compiled:
     """One specialisation: the program, its machine code, and the buffers reused from run to run."""
 
     def __init__(self, program: Program, object_code: bytes | None = None):
         self.program = program
         self.jit = JitModule.from_object(object_code) if object_code else JitModule(optimize(program.module))
-        self.entry = _ENTRY_CTYPE(self.jit.address(ENTRY))
+        self.entry_address = self.jit.address(ENTRY)
+        self.entry = _ENTRY_CTYPE(self.entry_address)
         self.slot_table = (ctypes.c_void_p * len(program.slots))()
         self.memory: dict[int, np.ndarray] = {}
         for i, spec in enumerate(program.slots):
@@ -267,7 +223,7 @@ class LLVMExecutable:
         self.threads = threads
         self._lock = threading.Lock()
         self.specializations: dict[tuple, _Compiled] = {}
-        self._workers = _Workers(threads) if threads > 1 else None
+        self._workers = NativeWorkers(threads) if threads > 1 else None
         if self._workers is not None:
             weakref.finalize(self, self._workers.close)
         self._sync = _aligned_empty(SYNC_BYTES)
@@ -363,14 +319,8 @@ class LLVMExecutable:
         self._sync[:] = 0
         table[Program.SYNC_SLOT] = self._sync_address
         if self._workers is not None:
-            status = [0] * n
-            args = (compiled.table_address, n, self._sync_address, compiled.callback_address)
-            entry = compiled.entry
-
-            def job(tid: int) -> None:
-                status[tid] = entry(args[0], tid, *args[1:])
-
-            self._workers.run(job)
+            status = self._workers.run(compiled.entry, compiled.entry_address, compiled.table_address,
+                                       self._sync_address, compiled.callback_address)
         else:
             status = [compiled.entry(compiled.table_address, 0, 1, self._sync_address, compiled.callback_address)]
         compiled.state = None
