@@ -40,8 +40,12 @@ class CompileOptions:
             raise OptionError(f"unknown target {target!r}; choose one of {', '.join(KNOWN_TARGETS)}")
         if precision not in PRECISIONS:
             raise OptionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if precision != "fp32":
-            raise OptionError(f"precision={precision!r} is not implemented yet in this version; use 'fp32'")
+        if precision == "int8":
+            raise OptionError("precision='int8' is not implemented yet in this version; use 'fp32' or 'mixed'")
+        if precision == "mixed" and target == "cuda":
+            raise OptionError("precision='mixed' is not implemented for the cuda target yet; use 'fp32' there "
+                              "(the llvm and reference targets implement 'mixed': bfloat16 operands, float32 "
+                              "accumulation)")
         device_list = parse_devices(devices, target)
         if len(device_list) > 1 and extra.get("device_spec") is None:
             # the partitioning pass needs the devices' numbers, not just names; kept with the options (JSON)

@@ -39,5 +39,9 @@ def compile_proto(proto, base_dir, source: str, opts: CompileOptions, start: flo
         executable = compile_plan(plan)
     else:
         executable = backend.compile(plan)
+    if opts.precision != "fp32" and opts.extra.get("precision_check", True):
+        from .precision import record_error
+
+        record_error(plan, executable)
     return CompiledModel(plan=plan, executable=executable, source_model=proto, source=source, options=opts,
                          imported_nodes=imported_nodes, compile_seconds=time.perf_counter() - start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .analysis import bytes_moved, count_ops, flops_by_op, memory_estimate, parameter_count
 from .plan import Plan
+from .precision import precision_summary
 
 
 def _fusion_summary(plan: Plan) -> dict | None:
@@ -80,6 +81,7 @@ def build_report(plan: Plan, imported_nodes: int, compile_seconds: float, execut
         "memory": _memory(plan),
         "fusion": fusion,
         "bytes_moved": {"before": fusion["bytes_before"] if fusion else moved, "after": moved},
+        "precision": precision_summary(plan),
         "passes": list(plan.decisions),
         "pipeline": plan.pipeline,
         "compile_seconds": round(compile_seconds, 4),

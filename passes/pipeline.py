@@ -26,10 +26,12 @@ def default_pipeline(target: str = "llvm", options: dict[str, Any] | None = None
     # BatchNorm folding before CSE: CSE may merge identical convolutions, whose outputs then have several
     # readers and no longer fold. DCE after the simplifications sweeps what they left unread.
     simplify = ["constant_folding", "noop_elimination", "batchnorm_folding", "cse", "dce"]
-    # Later issues extend this: precision (options["precision"]), quantize. Partitioning runs when several
-    # devices are given, on the fused kernels. Memory planning stays last: it plans the kernels that will run.
+    # Precision marks the dot-product nodes before fusion, so the fused kernels carry the marks. Partitioning
+    # runs when several devices are given, on the fused kernels. Memory planning stays last: it plans the
+    # kernels that will run.
+    precision = ["precision"] if options.get("precision", "fp32") != "fp32" else []
     partition = ["partitioning"] if len(options.get("devices") or []) > 1 else []
-    return simplify + ["fusion"] + partition + ["memory_planning"]
+    return simplify + precision + ["fusion"] + partition + ["memory_planning"]
 
 
 #: passes that plan the final program rather than rewrite the graph; they run after everything else

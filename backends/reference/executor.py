@@ -38,11 +38,28 @@ class _Env(dict):
         return self.parent[key]
 
 
+def bf16_operands(args: list) -> list:
+    """The inputs of a node the precision pass marked ``bf16``: its two matrix operands (MatMul/Gemm A and B,
+    Conv X and W) rounded to bfloat16 (nearest even) and widened back, so that numpy's float32 product
+    accumulates exactly the values a bf16 dot product multiplies. Bias and other inputs are left alone."""
+    from ml_dtypes import bfloat16
+
+    out = list(args)
+    for i in (0, 1):
+        x = out[i] if i < len(out) else None
+        if isinstance(x, np.ndarray) and x.dtype == np.float32:
+            out[i] = x.astype(bfloat16).astype(np.float32)
+    return out
+
+
 class _Program:
     """One graph prepared for repeated execution: op contexts resolved, frees computed once."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, emulate_precision: bool = True):
         self.graph = graph
+        # honour the precision pass's marks; False runs every node in its storage types (float32): the
+        # baseline that mixed-precision errors are measured against
+        self.emulate_precision = emulate_precision
         self.steps: list[_Step] = []
         keep = {id(v) for v in graph.outputs}
         last_reader: dict[int, int] = {}
@@ -66,7 +83,7 @@ class _Program:
     def subprogram(self, graph: Graph) -> "_Program":
         prog = self.subprograms.get(id(graph))
         if prog is None:
-            prog = self.subprograms[id(graph)] = _Program(graph)
+            prog = self.subprograms[id(graph)] = _Program(graph, self.emulate_precision)
         return prog
 
     def run(self, inputs: list, parent_env: _Env | None = None, memory_plan: MemoryPlan | None = None) -> list:
@@ -85,7 +102,7 @@ class _Program:
             if step.has_subgraphs:
                 ctx = copy.copy(ctx)
                 ctx.subgraph_runner = lambda g, xs, _env=env: self.subprogram(g).run(list(xs), _env)
-            results = self._call(step, ctx, args)
+            results = self._call(step, ctx, args, self.emulate_precision)
             if arena is not None:
                 results = [arena.store(step.node, v, r) if v is not None else r for v, r in zip(step.outputs, results)]
             for v, r in zip(step.outputs, results):
@@ -98,8 +115,10 @@ class _Program:
                 for v in graph.outputs]
 
     @staticmethod
-    def _call(step: _Step, ctx: OpContext, args: list) -> list:
+    def _call(step: _Step, ctx: OpContext, args: list, emulate_precision: bool = True) -> list:
         node = step.node
+        if emulate_precision and node.meta.get("precision") == "bf16":
+            args = bf16_operands(args)
         try:
             out = ctx.opdef.compute(ctx, *args)
         except GraphcError:
@@ -159,9 +178,12 @@ def _arena_requested(plan: Plan) -> bool:
 
 
 class ReferenceExecutable:
-    def __init__(self, plan: Plan):
+    """Runs a plan with the reference kernels. ``emulate_precision=False`` ignores the precision pass's marks
+    (the float32 baseline of a mixed-precision plan)."""
+
+    def __init__(self, plan: Plan, emulate_precision: bool = True):
         self.plan = plan
-        self._program = _Program(plan.graph)
+        self._program = _Program(plan.graph, emulate_precision)
         self.memory_plan = memory_plan_of(plan) if _arena_requested(plan) else None
 
     def run(self, inputs: list) -> list:

@@ -24,7 +24,8 @@ from ....ir.graph import Graph, Node
 from ....ops import OpContext, lookup
 from ....ops.nn import window_geometry
 from ..kernel import F32, I64, KernelBuilder, Unsupported, builder_loop, fused_emitter, node_emitter
-from .gemm_driver import ConstA, DirectB, c64, emit_gemm, for_bits, keep_out_of_line, plan_gemm, threads_of
+from .gemm_driver import (ConstA, DirectB, c64, emit_gemm, for_bits, keep_out_of_line, plan_gemm, runs_in_bf16,
+                          threads_of)
 from .microkernel import VEC, VT, splat
 from .tails import StoreTail, anchor_of, body_tail, check_no_overlap, const_in_body, width_of
 
@@ -234,8 +235,8 @@ def build_conv(kb: KernelBuilder, node: Node, make_tail, const_of) -> None:
     if geo.cg == 1 and geo.mg <= 4 and geo.group > 1:
         _depthwise(kb, geo, x_ptr, w, add_bias, tail)
         return
-    g = plan_gemm(geo.mg, geo.ohw, geo.k, geo.n_img * geo.group, threads_of(kb))
-    a_src = ConstA(kb, w.reshape(geo.group, geo.mg, geo.k), np.tile(np.arange(geo.group), geo.n_img), g.mr)
+    g = plan_gemm(geo.mg, geo.ohw, geo.k, geo.n_img * geo.group, threads_of(kb), bf16=runs_in_bf16(node))
+    a_src = ConstA(kb, w.reshape(geo.group, geo.mg, geo.k), np.tile(np.arange(geo.group), geo.n_img), g.mr, g.bf16)
     if geo.pointwise:
         offsets = [(i * geo.c + grp * geo.cg) * geo.hw for i in range(geo.n_img) for grp in range(geo.group)]
         b_src = DirectB(kb, x_ptr, np.asarray(offsets, np.int64), geo.hw)

@@ -21,7 +21,8 @@ from llvmlite import ir
 from ....ir.graph import Graph, Node
 from ....ops import OpContext, lookup
 from ..kernel import F32, KernelBuilder, Unsupported, fused_emitter, node_emitter
-from .gemm_driver import ConstA, ConstB, DirectB, PackedB, RuntimeA, c64, emit_gemm, plan_gemm, threads_of
+from .gemm_driver import (ConstA, ConstB, DirectB, PackedB, RuntimeA, c64, emit_gemm, plan_gemm, runs_in_bf16,
+                          threads_of)
 from .microkernel import VEC, splat
 from .tails import StoreTail, anchor_of, body_tail, check_no_overlap, const_in_body, width_of
 
@@ -84,20 +85,20 @@ def build_gemm(kb: KernelBuilder, node: Node, make_tail, const_of) -> None:
     if m * n * nb == 0 or k == 0:
         raise Unsupported("empty GEMM")
     a_idx, b_idx = _broadcast_index(batch, a2[:-2]), _broadcast_index(batch, b2[:-2])
-    g = plan_gemm(m, n, k, nb, threads_of(kb))
+    g = plan_gemm(m, n, k, nb, threads_of(kb), bf16=runs_in_bf16(node))
     tail = make_tail(n)
 
     if a_const is not None:
         mats = np.asarray(a_const, np.float32).reshape((-1,) + a2[-2:])
         mats = mats.transpose(0, 2, 1) if trans_a else mats
-        a_src = ConstA(kb, mats, a_idx, g.mr)
+        a_src = ConstA(kb, mats, a_idx, g.mr, g.bf16)
     else:
         rs, cs = (1, m) if trans_a else (k, 1)
-        a_src = RuntimeA(kb, kb.ptr(a_val), a_idx * (m * k), rs, cs, m, k, g.mr)
+        a_src = RuntimeA(kb, kb.ptr(a_val), a_idx * (m * k), rs, cs, m, k, g.mr, g.bf16)
     if b_const is not None:
         mats = np.asarray(b_const, np.float32).reshape((-1,) + b2[-2:])
         mats = mats.transpose(0, 2, 1) if trans_b else mats
-        b_src = ConstB(kb, mats, b_idx, g.nr)
+        b_src = ConstB(kb, mats, b_idx, g.nr, g.bf16)
     elif trans_b:
         b_src = PackedB(kb, kb.ptr(b_val), b_idx * (n * k), 1, k, k, g.nc)
     else:

@@ -14,6 +14,11 @@ ResNet layers with 7x7 outputs, or FC layers of large M). NC is sized so that a 
 
 Operand sources are small objects (see :class:`ConstA`, :class:`RuntimeA`, :class:`ConstB`, :class:`DirectB`,
 :class:`PackedB`); conv.py adds its own B source that gathers the im2col columns while packing.
+
+bf16 (``GemmGeometry.bf16``, from ``precision="mixed"``): the microkernel's bf16 pair variant runs over
+``ksteps = ceil(K/2)`` steps. Constant operands are rounded and packed into pairs at compile time; a runtime A
+is rounded while it is packed; a runtime B block (read in place, transposed or im2col-gathered) goes through
+:class:`PairB`, which rounds it into a pair block in scratch. Accumulation and the sink stay float32.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 from llvmlite import ir
 
 from ..kernel import F32, I64, KernelBuilder, Unsupported
-from .microkernel import VEC, VT, mask_constant, microkernel, pack_a_const, pack_b_const, tile_shape
+from .microkernel import (BF16, VBF_PAIRS, VEC, VT, mask_constant, microkernel, pack_a_const, pack_a_const_bf16,
+                          pack_b_const, pack_b_const_bf16, tile_shape)
 
 L2_BLOCK_BYTES = 256 * 1024  # a packed K x NC block of B stays in L2 (1 MiB per core here) next to an A panel
 MAX_RUNTIME_PACK_BYTES = 32 << 20  # per-thread scratch for a runtime-packed A (larger GEMMs are declined)
@@ -58,17 +64,27 @@ def batch_table(kb: KernelBuilder, offsets: np.ndarray, bi: ir.Value) -> ir.Valu
 # -- A sources ----------------------------------------------------------------------------------------------------
 
 
-class ConstA:
-    """A compile-time A, one (M, K) matrix per A-batch, packed into MR panels now."""
+def bf16_pair(b: ir.IRBuilder, lo: ir.Value, hi: ir.Value) -> ir.Value:
+    """Two float32 scalars rounded to bfloat16 and packed into one 4-byte slot (typed float): (lo, hi)."""
+    pair = ir.Constant(ir.VectorType(BF16, 2), None)
+    pair = b.insert_element(pair, b.fptrunc(lo, BF16), ir.Constant(ir.IntType(32), 0))
+    pair = b.insert_element(pair, b.fptrunc(hi, BF16), ir.Constant(ir.IntType(32), 1))
+    return b.bitcast(pair, F32)
 
-    def __init__(self, kb: KernelBuilder, mats: np.ndarray, batch_index: np.ndarray, mr: int):
+
+class ConstA:
+    """A compile-time A, one (M, K) matrix per A-batch, packed into MR panels now (bf16 pairs if ``bf16``)."""
+
+    def __init__(self, kb: KernelBuilder, mats: np.ndarray, batch_index: np.ndarray, mr: int, bf16: bool = False):
         self.kb = kb
         nb, m, k = mats.shape
-        self.panel_floats = mr * k
-        packs = [pack_a_const(mats[i].astype(np.float32, copy=False), mr) for i in range(nb)]
+        ksteps = -(-k // 2) if bf16 else k
+        self.panel_floats = mr * ksteps
+        pack = pack_a_const_bf16 if bf16 else pack_a_const
+        packs = [pack(mats[i].astype(np.float32, copy=False), mr) for i in range(nb)]
         packed = packs[0] if nb == 1 else np.concatenate(packs)
-        self.base = kb.constant_array(packed)
-        self.per_batch = (-(-m // mr)) * mr * k
+        self.base = kb.constant_array(packed, F32)
+        self.per_batch = (-(-m // mr)) * mr * ksteps
         self.batch_index = np.asarray(batch_index, np.int64)
 
     def prepare(self, bi, p_lo, p_hi) -> None:
@@ -81,13 +97,15 @@ class ConstA:
 
 class RuntimeA:
     """A in memory: element (m, k) of batch ``bi`` at ``ptr + off[bi] + m*rs + k*cs``; packed into per-thread
-    scratch (the panels a thread needs, once per batch it works on)."""
+    scratch (the panels a thread needs, once per batch it works on), as bf16 pairs if ``bf16``."""
 
     def __init__(self, kb: KernelBuilder, ptr: ir.Value, offsets: np.ndarray, rs: int, cs: int, m: int, k: int,
-                 mr: int):
+                 mr: int, bf16: bool = False):
         self.kb, self.ptr, self.offsets, self.rs, self.cs, self.m, self.k, self.mr = kb, ptr, offsets, rs, cs, m, k, mr
+        self.bf16 = bf16
+        self.ksteps = -(-k // 2) if bf16 else k
         panels = -(-m // mr)
-        nbytes = panels * mr * k * 4
+        nbytes = panels * mr * self.ksteps * 4
         if nbytes > MAX_RUNTIME_PACK_BYTES:
             raise Unsupported(f"runtime A of {nbytes} bytes is too large to pack")
         self.scratch = kb.scratch(nbytes)
@@ -97,7 +115,7 @@ class RuntimeA:
         mr, k = self.mr, self.k
         src0 = b.gep(self.ptr, [batch_table(kb, self.offsets, bi)], inbounds=True)
         with kb.for_range(p_lo, p_hi, name="pa") as p:
-            dst = b.gep(self.scratch, [b.mul(p, c64(mr * k))], inbounds=True)
+            dst = b.gep(self.scratch, [b.mul(p, c64(mr * self.ksteps))], inbounds=True)
             row0 = b.mul(p, c64(mr))
             if self.m % mr == 0:
                 self._pack(dst, src0, row0, None)
@@ -105,43 +123,65 @@ class RuntimeA:
                 self._pack(dst, src0, row0, b.sub(c64(self.m), row0))
 
     def _pack(self, dst, src0, row0, valid) -> None:
-        """dst[kk*MR + r] = A[row0 + r, kk] (0 for rows past M): MR unrolled rows, k the loop."""
+        """dst[kk*MR + r] = A[row0 + r, kk] (0 for rows past M): MR unrolled rows, k the loop. In bf16, step
+        ``kk`` holds the pair (A[., 2kk], A[., 2kk+1]), the odd K's last one padded with 0."""
         kb, b = self.kb, self.kb.builder
         mr = self.mr
         rows = []
         for r in range(mr):
             off = b.mul(b.add(row0, c64(r)), c64(self.rs))
             rows.append(b.gep(src0, [off], inbounds=True))
-        with kb.for_range(0, self.k, name="pk") as kk:
-            koff = b.mul(kk, c64(self.cs))
+        zero = ir.Constant(F32, 0.0)
+
+        def element(r, kidx):
+            koff = b.mul(kidx, c64(self.cs))
+            if valid is None:
+                return b.load(b.gep(rows[r], [koff], inbounds=True), align=4)
+            ok = b.icmp_signed("<", c64(r), valid)
+            # never read past M: the address is formed only for valid rows (select of the offset)
+            safe = b.select(ok, koff, c64(0))
+            src = b.select(ok, rows[r], rows[0])
+            return b.select(ok, b.load(b.gep(src, [safe], inbounds=True), align=4), zero)
+
+        def store(kk, r, x):
+            b.store(x, b.gep(dst, [b.add(b.mul(kk, c64(mr)), c64(r))], inbounds=True), align=4)
+
+        if not self.bf16:
+            with kb.for_range(0, self.k, name="pk") as kk:
+                for r in range(mr):
+                    store(kk, r, element(r, kk))
+            return
+        with kb.for_range(0, self.k // 2, name="pk") as kk:
+            k0 = b.mul(kk, c64(2))
             for r in range(mr):
-                if valid is None:
-                    x = b.load(b.gep(rows[r], [koff], inbounds=True), align=4)
-                else:
-                    ok = b.icmp_signed("<", c64(r), valid)
-                    # never read past M: the address is formed only for valid rows (select of the offset)
-                    safe = b.select(ok, koff, c64(0))
-                    src = b.select(ok, rows[r], rows[0])
-                    x = b.select(ok, b.load(b.gep(src, [safe], inbounds=True), align=4), ir.Constant(F32, 0.0))
-                b.store(x, b.gep(dst, [b.add(b.mul(kk, c64(mr)), c64(r))], inbounds=True), align=4)
+                store(kk, r, bf16_pair(b, element(r, k0), element(r, b.add(k0, c64(1)))))
+        if self.k % 2:
+            last = c64(self.k - 1)
+            for r in range(mr):
+                store(c64(self.k // 2), r, bf16_pair(b, element(r, last), zero))
 
     def panel(self, p: ir.Value) -> ir.Value:
         b = self.kb.builder
-        return b.gep(self.scratch, [b.mul(p, c64(self.mr * self.k))], inbounds=True)
+        return b.gep(self.scratch, [b.mul(p, c64(self.mr * self.ksteps))], inbounds=True)
 
 
 # -- B sources ----------------------------------------------------------------------------------------------------
 
 
 class ConstB:
-    """A compile-time B, one (K, N) matrix per B-batch, packed into NR-column panels now."""
+    """A compile-time B, one (K, N) matrix per B-batch, packed into NR-column panels now (bf16 pairs if
+    ``bf16``: ``k`` then counts pairs)."""
 
-    def __init__(self, kb: KernelBuilder, mats: np.ndarray, batch_index: np.ndarray, nr: int):
+    pairs = True  # already in the layout the bf16 microkernel reads
+
+    def __init__(self, kb: KernelBuilder, mats: np.ndarray, batch_index: np.ndarray, nr: int, bf16: bool = False):
         self.kb = kb
         nb, k, n = mats.shape
+        k = -(-k // 2) if bf16 else k
         self.k, self.nr = k, nr
-        packed = np.concatenate([pack_b_const(mats[i].astype(np.float32), nr) for i in range(nb)])
-        self.base = kb.constant_array(packed)
+        pack = pack_b_const_bf16 if bf16 else pack_b_const
+        packed = np.concatenate([pack(mats[i].astype(np.float32), nr) for i in range(nb)])
+        self.base = kb.constant_array(packed, F32)
         self.per_batch = (-(-n // nr)) * nr * k
         self.batch_index = np.asarray(batch_index, np.int64)
 
@@ -184,6 +224,57 @@ class PackedB:
         return self.scratch, 1, c64(self.ncp)
 
 
+class PairB:
+    """bf16 view of a runtime B source: each block the inner source gives (float32 rows ``ldb`` apart,
+    ``colscale`` 1) is rounded into scratch as ``ceil(K/2)`` rows of NCp bf16 pairs. Lanes past the block's
+    width are never read from the source (masked loads)."""
+
+    pairs = True
+
+    def __init__(self, kb: KernelBuilder, inner, k: int, nc: int):
+        self.kb, self.inner, self.k = kb, inner, k
+        self.ncp = -(-nc // VEC) * VEC
+        self.scratch = kb.scratch(-(-k // 2) * self.ncp * 4)
+
+    def block(self, bi, jc, nc):
+        kb, b = self.kb, self.kb.builder
+        src, colscale, ldb = self.inner.block(bi, jc, nc)
+        if colscale != 1:
+            raise Unsupported("bf16 pairs of a panel-packed B")
+        i32 = ir.IntType(32)
+        mload = kb.intrinsic("llvm.masked.load.v16f32.p0", VT,
+                             [VT.as_pointer(), i32, ir.VectorType(ir.IntType(1), VEC), VT])
+        interleave = ir.Constant(ir.VectorType(i32, 2 * VEC), [i // 2 + (i % 2) * VEC for i in range(2 * VEC)])
+        zero = ir.Constant(VT, None)
+        n_vec = b.udiv(b.add(nc, c64(VEC - 1)), c64(VEC))
+
+        def convert_rows(kp, second_row: bool):
+            row0 = b.gep(src, [b.mul(b.mul(kp, c64(2)), ldb)], inbounds=True)
+            row1 = b.gep(row0, [ldb], inbounds=True)
+            drow = b.gep(self.scratch, [b.mul(kp, c64(self.ncp))], inbounds=True)
+            with kb.for_range(0, n_vec, name="pv") as v:
+                j = b.mul(v, c64(VEC))
+                left = kb.umin(b.sub(nc, j), c64(VEC))
+                bits = b.trunc(b.sub(b.shl(c64(1), left), c64(1)), ir.IntType(VEC))
+                mask = b.bitcast(bits, ir.VectorType(ir.IntType(1), VEC))
+
+                def load(row):
+                    ptr = b.bitcast(b.gep(row, [j], inbounds=True), VT.as_pointer())
+                    return b.call(mload, [ptr, ir.Constant(i32, 4), mask, zero])
+
+                lo = b.fptrunc(load(row0), ir.VectorType(BF16, VEC))
+                hi = b.fptrunc(load(row1) if second_row else zero, ir.VectorType(BF16, VEC))
+                pairs = b.shuffle_vector(lo, hi, interleave)
+                dst = b.bitcast(b.gep(drow, [j], inbounds=True), VBF_PAIRS.as_pointer())
+                b.store(pairs, dst, align=64)
+
+        with kb.for_range(0, self.k // 2, name="kp") as kp:
+            convert_rows(kp, True)
+        if self.k % 2:
+            convert_rows(c64(self.k // 2), False)
+        return self.scratch, 1, c64(self.ncp)
+
+
 # -- the driver ---------------------------------------------------------------------------------------------------
 
 
@@ -197,6 +288,12 @@ class GemmGeometry:
     nv: int
     nc: int
     mode: str  # "cols" | "rows"
+    bf16: bool = False  # bf16 operands (pairs), float32 accumulation
+
+    @property
+    def ksteps(self) -> int:
+        """Microkernel steps over K: K, or its pairs in bf16."""
+        return -(-self.k // 2) if self.bf16 else self.k
 
     @property
     def nr(self) -> int:
@@ -209,6 +306,11 @@ class GemmGeometry:
     @property
     def n_jc(self) -> int:
         return -(-self.n // self.nc)
+
+
+def runs_in_bf16(node) -> bool:
+    """Whether the precision pass gave this GEMM/conv node bf16 operands (``node.meta["precision"]``)."""
+    return node.meta.get("precision") == "bf16"
 
 
 def threads_of(kb: KernelBuilder) -> int:
@@ -228,19 +330,20 @@ def threads_of(kb: KernelBuilder) -> int:
     return max(1, t)
 
 
-def plan_gemm(m: int, n: int, k: int, batches: int = 1, threads: int = 1) -> GemmGeometry:
+def plan_gemm(m: int, n: int, k: int, batches: int = 1, threads: int = 1, bf16: bool = False) -> GemmGeometry:
     """Choose the microkernel, the column block NC and how ``threads`` threads split the work."""
     if min(m, n, k, batches) <= 0:
         raise Unsupported("empty GEMM")
     t = max(1, threads)
     mr, nv = tile_shape(m)
     nr = nv * VEC
-    nc_l2 = max(nr, (L2_BLOCK_BYTES // (4 * k)) // nr * nr)
+    row_bytes = 4 * (-(-k // 2) if bf16 else k)  # one column of a packed B block
+    nc_l2 = max(nr, (L2_BLOCK_BYTES // row_bytes) // nr * nr)
     per_batch_units = max(1, -(-2 * t // batches))  # aim for >= 2 units per thread
     nc = min(nc_l2, max(nr, -(-(-(-n // per_batch_units)) // nr) * nr))
     n_jc, n_ir = -(-n // nc), -(-m // mr)
     mode = "cols" if batches * n_jc >= 2 * t or n_ir < 2 * t or batches * n_jc >= n_ir else "rows"
-    return GemmGeometry(m, n, k, batches, mr, nv, nc, mode)
+    return GemmGeometry(m, n, k, batches, mr, nv, nc, mode, bf16)
 
 
 def emit_gemm(kb: KernelBuilder, g: GemmGeometry, a_src, b_src, sink: Sink) -> None:
@@ -248,10 +351,12 @@ def emit_gemm(kb: KernelBuilder, g: GemmGeometry, a_src, b_src, sink: Sink) -> N
     b = kb.builder
     keep_out_of_line(kb)
     mr, nv, nr, nc = g.mr, g.nv, g.nr, g.nc
-    ukr = microkernel(kb.module, mr, nv)
+    if g.bf16 and not getattr(b_src, "pairs", False):
+        b_src = PairB(kb, b_src, g.k, nc)
+    ukr = microkernel(kb.module, mr, nv, g.bf16)
     edge = g.n % nr  # columns of the last, partial panel of N
     nv_edge = -(-edge // VEC)
-    ukr_edge = microkernel(kb.module, mr, nv_edge) if edge else None
+    ukr_edge = microkernel(kb.module, mr, nv_edge, g.bf16) if edge else None
     tile = kb.scratch(mr * nr * 4)
     full_mask = mask_constant(nr)
 
@@ -268,15 +373,15 @@ def emit_gemm(kb: KernelBuilder, g: GemmGeometry, a_src, b_src, sink: Sink) -> N
                 bpanel = b.gep(blk, [b.mul(jj, c64(colscale))], inbounds=True)
                 width = kb.umin(c64(nr), b.sub(nc_v, jj))
                 if ukr_edge is None:
-                    b.call(ukr, [c64(g.k), apanel, bpanel, ldb, tile, full_mask])
+                    b.call(ukr, [c64(g.ksteps), apanel, bpanel, ldb, tile, full_mask])
                     stride = c64(nr)
                 else:
                     is_full = b.icmp_unsigned("==", width, c64(nr))
                     with b.if_else(is_full) as (then, otherwise):
                         with then:
-                            b.call(ukr, [c64(g.k), apanel, bpanel, ldb, tile, full_mask])
+                            b.call(ukr, [c64(g.ksteps), apanel, bpanel, ldb, tile, full_mask])
                         with otherwise:
-                            b.call(ukr_edge, [c64(g.k), apanel, bpanel, ldb, tile, mask_constant(edge)])
+                            b.call(ukr_edge, [c64(g.ksteps), apanel, bpanel, ldb, tile, mask_constant(edge)])
                     stride = b.select(is_full, c64(nr), c64(nv_edge * VEC))
                 # one drain (one copy of the epilogue code) for full and edge tiles alike
                 _drain(kb, tile, stride, width, rows, bi, row0, b.add(jc, jj), sink)

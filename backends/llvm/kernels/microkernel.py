@@ -17,6 +17,13 @@ of the module (compile time stays flat however many nodes use it):
 ``MR x NV`` accumulators of ``<16 x float>`` live in zmm registers over the K loop (``llvm.fma.v16f32``); B is
 read as ``NV`` vector loads and A as ``MR`` scalar broadcasts per K step (8 x 3 = 24 accumulators + 3 B vectors
 + 1 broadcast fit the 32 zmm registers of AVX-512).
+
+**bf16 variant** (``precision="mixed"``, CPUs with AVX512-BF16): the same function type and loop, but one step
+covers *two* K indices. Operands are bfloat16 pairs, one pair per 4-byte slot, so every pointer computation of
+the driver stays the same with ``k`` counting pairs: ``a[kp*MR + r] = (A[r, 2kp], A[r, 2kp+1])`` and B row
+``kp`` holds ``(B[2kp, n], B[2kp+1, n])`` in slot ``n``. ``vdpbf16ps`` (``llvm.x86.avx512bf16.dpbf16ps.512``)
+adds both products of a pair into the fp32 accumulator: twice the multiply-adds of an fp32 FMA per
+instruction, with fp32 accumulation. An odd K is padded with a zero pair half.
 """
 
 from __future__ import annotations
@@ -29,6 +36,23 @@ from ..kernel import F32, I1, I64, VOID
 I16 = ir.IntType(16)
 VEC = 16  # floats per zmm register
 VT = ir.VectorType(F32, VEC)
+
+
+class BFloat16Type(ir.Type):
+    """LLVM's ``bfloat`` (llvmlite has no class for it; only its spelling in the IR text matters)."""
+
+    def _to_string(self) -> str:
+        return "bfloat"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BFloat16Type)
+
+    def __hash__(self) -> int:
+        return hash("bfloat")
+
+
+BF16 = BFloat16Type()
+VBF_PAIRS = ir.VectorType(BF16, 2 * VEC)  # one zmm of bf16 pairs: 16 columns x 2 K indices
 
 
 def splat(bld: ir.IRBuilder, x: ir.Value, width: int = VEC) -> ir.Value:
@@ -50,12 +74,19 @@ def tile_shape(m: int) -> tuple[int, int]:
     return m, SMALL_M_SHAPES[m]
 
 
+def has_bf16_dot() -> bool:
+    """Whether this CPU has AVX512-BF16's ``vdpbf16ps`` (else the bf16 microkernel widens pairs to fp32)."""
+    from ..jit import host_features
+
+    return "avx512bf16" in host_features()
+
+
 UKR_TYPE = ir.FunctionType(VOID, [I64, F32.as_pointer(), F32.as_pointer(), I64, F32.as_pointer(), I16])
 
 
-def microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
-    """The ``MR x (NV*16)`` microkernel function of ``module`` (built on first use)."""
-    name = f"graphc.ukr.{mr}x{nv}"
+def microkernel(module: ir.Module, mr: int, nv: int, bf16: bool = False) -> ir.Function:
+    """The ``MR x (NV*16)`` microkernel function of ``module`` (built on first use); ``bf16``: the pair variant."""
+    name = f"graphc.ukr.{'bf16.' if bf16 else ''}{mr}x{nv}"
     existing = module.globals.get(name)
     if existing is not None:
         return existing
@@ -67,7 +98,29 @@ def microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
     k, a, b, ldb, tile, lastmask = fn.args
     for p in (a, b, tile):
         p.add_attribute("noalias")
-    fma = _declare(module, "llvm.fma.v16f32", vt, [vt, vt, vt])
+    if bf16 and has_bf16_dot():
+        dot = _declare(module, "llvm.x86.avx512bf16.dpbf16ps.512", vt, [vt, VBF_PAIRS, VBF_PAIRS])
+
+        def fma(a_splat, b_vec, acc):
+            return bld.call(dot, [acc, bld.bitcast(a_splat, VBF_PAIRS), bld.bitcast(b_vec, VBF_PAIRS)])
+    elif bf16:  # no bf16 dot product on this CPU: widen each half of the pairs and do two fp32 FMAs
+        fma_fn = _declare(module, "llvm.fma.v16f32", vt, [vt, vt, vt])
+        vi = ir.VectorType(ir.IntType(32), VEC)
+        shift = ir.Constant(vi, [16] * VEC)
+        high = ir.Constant(vi, [-65536] * VEC)  # 0xffff0000
+
+        def halves(x):
+            xi = bld.bitcast(x, vi)
+            return bld.bitcast(bld.shl(xi, shift), vt), bld.bitcast(bld.and_(xi, high), vt)
+
+        def fma(a_splat, b_vec, acc):
+            (a_lo, a_hi), (b_lo, b_hi) = halves(a_splat), halves(b_vec)
+            return bld.call(fma_fn, [a_hi, b_hi, bld.call(fma_fn, [a_lo, b_lo, acc])])
+    else:
+        fma_fn = _declare(module, "llvm.fma.v16f32", vt, [vt, vt, vt])
+
+        def fma(a_splat, b_vec, acc):
+            return bld.call(fma_fn, [a_splat, b_vec, acc])
     mload = _declare(module, "llvm.masked.load.v16f32.p0", vt,
                      [vt.as_pointer(), ir.IntType(32), ir.VectorType(I1, VEC), vt])
     entry = fn.append_basic_block("entry")
@@ -99,7 +152,7 @@ def microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
     new = []
     for r in range(mr):
         av = splat(bld, bld.load(bld.gep(ap, [ir.Constant(I64, r)], inbounds=True), align=4))
-        new.append([bld.call(fma, [av, bvecs[v], accs[r][v]]) for v in range(nv)])
+        new.append([fma(av, bvecs[v], accs[r][v]) for v in range(nv)])
     ap_next = bld.gep(ap, [ir.Constant(I64, mr)], inbounds=True)
     bp_next = bld.gep(bp, [ldb], inbounds=True)
     kk_next = bld.add(kk, ir.Constant(I64, 1))
@@ -160,3 +213,37 @@ def pack_b_const(b: np.ndarray, nr: int) -> np.ndarray:
     out = np.zeros((k, panels * nr), np.float32)
     out[:, :n] = b
     return np.ascontiguousarray(out.reshape(k, panels, nr).transpose(1, 0, 2)).reshape(-1)
+
+
+def bf16_pairs(x: np.ndarray, axis: int) -> np.ndarray:
+    """float32 ``x`` rounded to bfloat16 (nearest even) with ``axis`` (even length after a zero pad) folded
+    into pairs: the result has that axis halved, and each element is a uint32 holding (x[2i], x[2i+1]) as
+    (low, high) halves, the order ``vdpbf16ps`` reads them in."""
+    from ml_dtypes import bfloat16
+
+    x = np.moveaxis(np.asarray(x, np.float32), axis, -1)
+    if x.shape[-1] % 2:
+        x = np.concatenate([x, np.zeros(x.shape[:-1] + (1,), np.float32)], axis=-1)
+    bits = np.ascontiguousarray(x.astype(bfloat16)).view(np.uint16).astype(np.uint32)
+    pairs = bits[..., 0::2] | (bits[..., 1::2] << 16)
+    return np.moveaxis(pairs, -1, axis)
+
+
+def pack_a_const_bf16(a: np.ndarray, mr: int) -> np.ndarray:
+    """A (M, K) -> panels (ceil(M/MR), ceil(K/2), MR) of bf16 pairs (uint32), zero rows past M."""
+    pairs = bf16_pairs(a, axis=1)  # (M, Kp)
+    m, kp = pairs.shape
+    panels = -(-m // mr)
+    out = np.zeros((panels * mr, kp), np.uint32)
+    out[:m] = pairs
+    return np.ascontiguousarray(out.reshape(panels, mr, kp).transpose(0, 2, 1)).reshape(-1)
+
+
+def pack_b_const_bf16(b: np.ndarray, nr: int) -> np.ndarray:
+    """B (K, N) -> panels (ceil(N/NR), ceil(K/2), NR) of bf16 pairs (uint32), zero columns past N."""
+    pairs = bf16_pairs(b, axis=0)  # (Kp, N)
+    kp, n = pairs.shape
+    panels = -(-n // nr)
+    out = np.zeros((kp, panels * nr), np.uint32)
+    out[:, :n] = pairs
+    return np.ascontiguousarray(out.reshape(kp, panels, nr).transpose(1, 0, 2)).reshape(-1)
