@@ -252,8 +252,11 @@ def compare_outputs(expected: dict[str, np.ndarray], got: dict[str, np.ndarray],
 
 def bench(model: Any, *, vs: str | None = None, threads: int | None = None, repeat: int = DEFAULT_REPEAT,
           warmup: int = DEFAULT_WARMUP, batch: int = 1, target: str | None = None, weights: str = "constant",
-          seed: int = 0, name: str | None = None, passes: Any = None) -> BenchResult:
-    """Compile ``model``, time it (and onnxruntime with ``vs="onnxruntime"``) on the same inputs."""
+          seed: int = 0, name: str | None = None, passes: Any = None, precision: str = "fp32") -> BenchResult:
+    """Compile ``model``, time it (and onnxruntime with ``vs="onnxruntime"``) on the same inputs.
+
+    With ``precision="mixed"`` graphc's outputs are compared with onnxruntime's (float32) at bf16's tolerance
+    (1e-2 of each output's scale) instead of float32's."""
     import graphc
 
     _check_counts(repeat, warmup, batch)
@@ -262,7 +265,8 @@ def bench(model: Any, *, vs: str | None = None, threads: int | None = None, repe
     if vs:
         import_onnxruntime()  # fail before a long compile
     threads = resolve_threads(threads)
-    compiled = graphc.compile(load_source(model, weights, seed), target=target, threads=threads, passes=passes)
+    compiled = graphc.compile(load_source(model, weights, seed), target=target, threads=threads, passes=passes,
+                              precision=precision)
     symbolic = has_symbolic_dim(compiled)
     if batch != 1 and not symbolic:
         raise OptionError(f"--batch {batch}: this model's inputs have no symbolic dimension "
@@ -284,7 +288,8 @@ def bench(model: Any, *, vs: str | None = None, threads: int | None = None, repe
         theirs = dict(zip(ort_names, session.run(None, ort_feeds)))
     except Exception as exc:
         raise GraphcError(f"onnxruntime failed to run the model: {_one_line(exc)}") from None
-    result.max_abs_err, result.max_rel_err, result.mismatched = compare_outputs(theirs, ours)
+    tolerance = {"rtol": 1e-2, "atol": 1e-2} if precision != "fp32" else {}
+    result.max_abs_err, result.max_rel_err, result.mismatched = compare_outputs(theirs, ours, **tolerance)
     g, o = time_in_blocks([lambda: compiled.run(feeds), lambda: session.run(None, ort_feeds)], repeat, warmup)
     result.graphc.samples = g
     result.ort = Timing("onnxruntime", o)

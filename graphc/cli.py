@@ -135,6 +135,11 @@ def _add_target(p: argparse.ArgumentParser, what: str = "compile for") -> None:
                         "or a plain comma-separated list replaces it (see docs/passes.md)")
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="numeric precision: fp32 (default), or mixed (bf16 GEMM/conv operands, fp32 accumulation)")
+
+
 def _add_compile(sub, common) -> None:
     p = sub.add_parser("compile", parents=[common], help="compile a model and write an artifact (.gcx)",
                        description="Compile MODEL and write a self-contained artifact that 'graphc run' and "
@@ -143,7 +148,7 @@ def _add_compile(sub, common) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="artifact path (default: <model stem>.gcx here)")
     _add_target(p)
     p.add_argument("--devices", metavar="D", help="devices, e.g. cpu:0, cuda:0-7 or a count")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="numeric precision (default fp32)")
+    _add_precision(p)
     p.add_argument("--threads", type=_non_negative, default=None, metavar="N",
                    help="worker threads (default 0: all cores)")
     _add_cache_flag(p)
@@ -159,6 +164,7 @@ def _add_run(sub, common) -> None:
                    help="an input array; repeat for each input (FILE.npy alone for a one-input model)")
     p.add_argument("--output", "-o", metavar="DIR", help="write each output to DIR/NAME.npy")
     _add_target(p, "compile for when given a model")
+    _add_precision(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--batch", type=_positive, default=1, metavar="B",
                    help="size of symbolic dimensions in random inputs (default 1)")
@@ -175,6 +181,7 @@ def _add_inspect(sub, common) -> None:
     p.add_argument("--json", action="store_true", help="print report() as JSON instead of tables")
     p.add_argument("--nodes", action="store_true", help="also list every kernel with its types and FLOPs")
     _add_target(p)
+    _add_precision(p)
     _add_cache_flag(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -197,6 +204,7 @@ def _add_bench(sub, common) -> None:
     p.add_argument("--weights", choices=WEIGHTS, default="constant",
                    help="zoo models: keep the constant weights or use seeded random ones (default constant)")
     _add_target(p)
+    _add_precision(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -244,6 +252,9 @@ def obtain(model: str, target: str | None = None, **options: Any):
     if is_artifact(model):
         if options.get("passes"):
             raise OptionError(f"{model!r} is an artifact: its passes already ran; --passes applies to models")
+        if options.get("precision", "fp32") != "fp32":
+            raise OptionError(f"{model!r} is an artifact: its precision was chosen when it was compiled; "
+                              "--precision applies to models")
         compiled = graphc.load(model)
         if target and target != compiled.target:
             raise OptionError(f"{model!r} is an artifact compiled for target {compiled.target!r}; --target "
@@ -398,7 +409,7 @@ def write_outputs(outputs: dict[str, Any], directory: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    compiled = obtain(args.model, args.target, passes=args.passes, cache=args.cache)
+    compiled = obtain(args.model, args.target, passes=args.passes, cache=args.cache, precision=args.precision)
     feeds = gather_inputs(compiled, args.input, args.seed, args.batch)
     outputs = compiled.run(feeds)
     width = max((len(n) for n in outputs), default=0)
@@ -434,6 +445,9 @@ def model_tables(compiled, with_nodes: bool = False) -> list[Table]:
     if isinstance(report.get("pipeline"), dict) and report["pipeline"].get("passes"):
         tables.append(pipeline_table(report["pipeline"]))
     tables.append(pass_table(report))
+    precision = precision_table(report.get("precision") or {})
+    if precision is not None:
+        tables.append(precision)
     tables.append(memory_table(report))
     partition = report.get("partition")
     if partition:
@@ -456,6 +470,23 @@ def summary_table(compiled, report: dict) -> Table:
     if report.get("fallback_ops"):
         rows.append(["fallback ops", ", ".join(map(str, report["fallback_ops"]))])
     return Table("Model", ["", ""], rows)
+
+
+def precision_table(summary: dict) -> Table | None:
+    """Mixed precision: which dot products run in bf16, which stay fp32 and why, the measured error."""
+    if summary.get("mode", "fp32") == "fp32":
+        return None
+    rows = [["mode", f"{summary.get('mode')}: {summary.get('compute_dtype')} operands, "
+                     f"{summary.get('accumulate_dtype')} accumulation, {summary.get('storage_dtype')} storage"],
+            ["bf16 nodes", f"{len(summary.get('bf16_nodes', []))} ({summary.get('bf16_flops_fraction', 0):.1%} of FLOPs)"]]
+    rows += [[f"fp32: {name}", reason] for name, reason in (summary.get("fp32_dot_nodes") or {}).items()]
+    error = summary.get("error") or {}
+    if "not_measured" in error:
+        rows.append(["error vs fp32", f"not measured: {error['not_measured']}"])
+    for name, e in (error.get("outputs") or {}).items():
+        top1 = "" if "top1_agrees" not in e else f", top-1 {'same' if e['top1_agrees'] else 'DIFFERS'}"
+        rows.append([f"error vs fp32: {name}", f"max rel {e['max_rel']:.2e}, max abs {e['max_abs']:.2e}{top1}"])
+    return Table("Precision", ["", ""], rows)
 
 
 def signature_table(compiled) -> Table:
@@ -770,7 +801,7 @@ def render_html(compiled, tables: list[Table]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    compiled = obtain(args.model, args.target, passes=args.passes, cache=args.cache)
+    compiled = obtain(args.model, args.target, passes=args.passes, cache=args.cache, precision=args.precision)
     tables = model_tables(compiled, with_nodes=args.nodes)
     if args.json:
         print(json.dumps(compiled.report(), indent=2, default=str))
@@ -850,7 +881,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench, format_table
 
     result = bench(args.model, vs=args.vs, threads=args.threads, repeat=args.repeat, warmup=args.warmup,
-                   batch=args.batch, target=args.target, weights=args.weights, passes=args.passes)
+                   batch=args.batch, target=args.target, weights=args.weights, passes=args.passes,
+                   precision=args.precision)
     print(format_table(result))
     if result.ort is not None and not result.agree:
         _note(f"warning: graphc and onnxruntime outputs differ ({', '.join(result.mismatched)})")

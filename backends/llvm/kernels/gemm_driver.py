@@ -337,7 +337,7 @@ def plan_gemm(m: int, n: int, k: int, batches: int = 1, threads: int = 1, bf16: 
     t = max(1, threads)
     mr, nv = tile_shape(m)
     nr = nv * VEC
-    row_bytes = 4 * (-(-k // 2) if bf16 else k)  # one column of a packed B block
+    row_bytes = 4 * k  # one column of a packed B block (bf16: the fp32 im2col rows staged before pairing)
     nc_l2 = max(nr, (L2_BLOCK_BYTES // row_bytes) // nr * nr)
     per_batch_units = max(1, -(-2 * t // batches))  # aim for >= 2 units per thread
     nc = min(nc_l2, max(nr, -(-(-(-n // per_batch_units)) // nr) * nr))
