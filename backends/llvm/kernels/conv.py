@@ -24,8 +24,8 @@ from ....ir.graph import Graph, Node
 from ....ops import OpContext, lookup
 from ....ops.nn import window_geometry
 from ..kernel import F32, I64, KernelBuilder, Unsupported, builder_loop, fused_emitter, node_emitter
-from .gemm_driver import (ConstA, DirectB, c64, emit_gemm, for_bits, keep_out_of_line, plan_gemm, runs_in_bf16,
-                          threads_of)
+from .gemm_driver import (ConstA, DirectB, c64, emit_gemm, for_bits, keep_out_of_line, pair_rows, plan_gemm,
+                          runs_in_bf16, threads_of)
 from .microkernel import VEC, VT, splat
 from .tails import StoreTail, anchor_of, body_tail, check_no_overlap, const_in_body, width_of
 
@@ -104,25 +104,32 @@ _IM2COL_PARAMS = ("ncp", "jc", "nc", "cg", "h", "w", "kh", "kw", "sh", "sw", "dh
 _FP = F32.as_pointer()
 
 
-def im2col_function(module: ir.Module) -> ir.Function:
+def im2col_function(module: ir.Module, pairs: bool = False) -> ir.Function:
     """The module's shared im2col block packer (built on first use), every geometry parameter at run time:
 
         void graphc.im2col(float* x, float* dst, i64 ncp, i64 jc, i64 nc, i64 cg, i64 h, i64 w, i64 kh,
                            i64 kw, i64 sh, i64 sw, i64 dh, i64 dw, i64 pt, i64 pl, i64 ow)
 
     writes ``dst[k*ncp + (n - jc)] = im2col(x)[k, n]`` for the columns ``jc <= n < jc + nc`` of one (image,
-    group): per K row and output row, zeros | a copy of the input row (contiguous when ``sw == 1``) | zeros."""
-    fn = module.globals.get(IM2COL)
+    group): per K row and output row, zeros | a copy of the input row (contiguous when ``sw == 1``) | zeros.
+
+    ``pairs`` (bf16): ``graphc.im2col.bf16(x, dst, stage, ...)`` writes each K row into one of the two float
+    rows of ``stage`` and, after every second row, rounds the two into bf16 pair row ``k/2`` of ``dst`` while
+    they are still in L1 (an odd K's last row is paired with zeros)."""
+    name = IM2COL + (".bf16" if pairs else "")
+    fn = module.globals.get(name)
     if fn is not None:
         return fn
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_FP, _FP] + [I64] * len(_IM2COL_PARAMS)), name=IM2COL)
+    pointers = [_FP, _FP, _FP] if pairs else [_FP, _FP]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), pointers + [I64] * len(_IM2COL_PARAMS)), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
+    for ptr in fn.args[:len(pointers)]:
+        ptr.add_attribute("noalias")
     x, dst = fn.args[:2]
-    x.add_attribute("noalias")
-    dst.add_attribute("noalias")
-    p = dict(zip(_IM2COL_PARAMS, fn.args[2:]))
+    stage = fn.args[2] if pairs else None
+    p = dict(zip(_IM2COL_PARAMS, fn.args[len(pointers):]))
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     zero_f = ir.Constant(F32, 0.0)
     ow_n = p["ow"]
@@ -142,7 +149,11 @@ def im2col_function(module: ir.Module) -> ir.Function:
             ih_off = b.sub(b.mul(kh, p["dh"]), p["pt"])
             with _loop(b, c64(0), p["kw"], "kw") as kw:
                 krow = b.add(b.mul(b.add(b.mul(ci, p["kh"]), kh), p["kw"]), kw)
-                drow = b.gep(dst, [b.sub(b.mul(krow, p["ncp"]), p["jc"])])
+                if pairs:
+                    odd = b.and_(krow, c64(1))
+                    drow = b.gep(stage, [b.sub(b.mul(odd, p["ncp"]), p["jc"])])
+                else:
+                    drow = b.gep(dst, [b.sub(b.mul(krow, p["ncp"]), p["jc"])])
                 off_w = b.sub(b.mul(kw, p["dw"]), p["pl"])
                 # output columns whose input column ow*sw + off_w lies in [0, w)
                 lo_w = b.sdiv(b.add(b.sub(c64(0), off_w), b.sub(p["sw"], c64(1))), p["sw"])
@@ -174,19 +185,30 @@ def im2col_function(module: ir.Module) -> ir.Function:
                             zeros(drow_oh, hi, ow_e)
                         with otherwise:
                             zeros(drow_oh, ow_s, ow_e)
+                if pairs:
+                    with b.if_then(b.icmp_unsigned("!=", odd, c64(0))):
+                        pair_dst = b.gep(dst, [b.mul(b.lshr(krow, c64(1)), p["ncp"])])
+                        pair_rows(b, stage, b.gep(stage, [p["ncp"]]), pair_dst, p["nc"])
+    if pairs:
+        k = b.mul(b.mul(p["cg"], p["kh"]), p["kw"])
+        with b.if_then(b.icmp_unsigned("!=", b.and_(k, c64(1)), c64(0))):
+            pair_rows(b, stage, None, b.gep(dst, [b.mul(b.lshr(k, c64(1)), p["ncp"])]), p["nc"])
     b.ret_void()
     return fn
 
 
 class Im2colB:
     """The GEMM's B operand for a conv: a K x NC block of im2col(X) gathered into scratch (rows of NCp floats)
-    by the module's shared :func:`im2col_function`."""
+    by the module's shared :func:`im2col_function`; with ``pairs`` (bf16), ceil(K/2) rows of NCp bf16 pairs."""
 
-    def __init__(self, kb: KernelBuilder, geo: ConvGeometry, x_ptr: ir.Value, nc: int):
+    def __init__(self, kb: KernelBuilder, geo: ConvGeometry, x_ptr: ir.Value, nc: int, pairs: bool = False):
         self.kb, self.geo, self.x = kb, geo, x_ptr
         self.ncp = -(-nc // VEC) * VEC
-        self.scratch = kb.scratch(geo.k * self.ncp * 4)
-        self.fn = im2col_function(kb.module)
+        self.pairs = pairs
+        rows = -(-geo.k // 2) if pairs else geo.k
+        self.scratch = kb.scratch(rows * self.ncp * 4)
+        self.stage = kb.scratch(2 * self.ncp * 4) if pairs else None
+        self.fn = im2col_function(kb.module, pairs)
 
     def block(self, bi, jc, nc):
         b, g = self.kb.builder, self.geo
@@ -195,7 +217,8 @@ class Im2colB:
         consts = [self.ncp, None, None, g.cg, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow]
         args = [c64(v) if v is not None else None for v in consts]
         args[1], args[2] = jc, nc
-        b.call(self.fn, [x0, self.scratch] + args)
+        pointers = [x0, self.scratch, self.stage] if self.pairs else [x0, self.scratch]
+        b.call(self.fn, pointers + args)
         return self.scratch, 1, c64(self.ncp)
 
 
@@ -241,7 +264,7 @@ def build_conv(kb: KernelBuilder, node: Node, make_tail, const_of) -> None:
         offsets = [(i * geo.c + grp * geo.cg) * geo.hw for i in range(geo.n_img) for grp in range(geo.group)]
         b_src = DirectB(kb, x_ptr, np.asarray(offsets, np.int64), geo.hw)
     else:
-        b_src = Im2colB(kb, geo, x_ptr, g.nc)
+        b_src = Im2colB(kb, geo, x_ptr, g.nc, pairs=g.bf16)
 
     def sink(kb, bi, row, col, acc):
         b = kb.builder

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 from llvmlite import ir
 
-from ..kernel import F32, I64, KernelBuilder, Unsupported
+from ..kernel import F32, I64, KernelBuilder, Unsupported, builder_loop
 from .microkernel import (BF16, VBF_PAIRS, VEC, VT, mask_constant, microkernel, pack_a_const, pack_a_const_bf16,
                           pack_b_const, pack_b_const_bf16, tile_shape)
 
@@ -224,10 +224,37 @@ class PackedB:
         return self.scratch, 1, c64(self.ncp)
 
 
+def pair_rows(b: ir.IRBuilder, row0, row1, dst, nc) -> None:
+    """``dst[j] = bf16 pair (row0[j], row1[j])`` for ``j < nc`` (``row1`` None: a zero high half), 16 columns
+    a step; the source is read under a mask past ``nc`` (never out of bounds), ``dst`` written in whole
+    vectors (it must have ``ceil(nc/16)*16`` slots)."""
+    module = b.module
+    i32 = ir.IntType(32)
+    mask_t = ir.VectorType(ir.IntType(1), VEC)
+    mload = module.globals.get("llvm.masked.load.v16f32.p0") or ir.Function(
+        module, ir.FunctionType(VT, [VT.as_pointer(), i32, mask_t, VT]), name="llvm.masked.load.v16f32.p0")
+    interleave = ir.Constant(ir.VectorType(i32, 2 * VEC), [i // 2 + (i % 2) * VEC for i in range(2 * VEC)])
+    zero = ir.Constant(VT, None)
+    n_vec = b.udiv(b.add(nc, c64(VEC - 1)), c64(VEC))
+    with builder_loop(b, c64(0), n_vec, 1, "pv") as v:
+        j = b.mul(v, c64(VEC))
+        left = b.sub(nc, j)
+        left = b.select(b.icmp_unsigned("<", left, c64(VEC)), left, c64(VEC))
+        mask = b.bitcast(b.trunc(b.sub(b.shl(c64(1), left), c64(1)), ir.IntType(VEC)), mask_t)
+
+        def load(row):
+            ptr = b.bitcast(b.gep(row, [j], inbounds=True), VT.as_pointer())
+            return b.call(mload, [ptr, ir.Constant(i32, 4), mask, zero])
+
+        lo = b.fptrunc(load(row0), ir.VectorType(BF16, VEC))
+        hi = b.fptrunc(load(row1) if row1 is not None else zero, ir.VectorType(BF16, VEC))
+        dst_v = b.bitcast(b.gep(dst, [j], inbounds=True), VBF_PAIRS.as_pointer())
+        b.store(b.shuffle_vector(lo, hi, interleave), dst_v, align=64)
+
+
 class PairB:
     """bf16 view of a runtime B source: each block the inner source gives (float32 rows ``ldb`` apart,
-    ``colscale`` 1) is rounded into scratch as ``ceil(K/2)`` rows of NCp bf16 pairs. Lanes past the block's
-    width are never read from the source (masked loads)."""
+    ``colscale`` 1) is rounded into scratch as ``ceil(K/2)`` rows of NCp bf16 pairs (:func:`pair_rows`)."""
 
     pairs = True
 
@@ -241,37 +268,13 @@ class PairB:
         src, colscale, ldb = self.inner.block(bi, jc, nc)
         if colscale != 1:
             raise Unsupported("bf16 pairs of a panel-packed B")
-        i32 = ir.IntType(32)
-        mload = kb.intrinsic("llvm.masked.load.v16f32.p0", VT,
-                             [VT.as_pointer(), i32, ir.VectorType(ir.IntType(1), VEC), VT])
-        interleave = ir.Constant(ir.VectorType(i32, 2 * VEC), [i // 2 + (i % 2) * VEC for i in range(2 * VEC)])
-        zero = ir.Constant(VT, None)
-        n_vec = b.udiv(b.add(nc, c64(VEC - 1)), c64(VEC))
-
-        def convert_rows(kp, second_row: bool):
-            row0 = b.gep(src, [b.mul(b.mul(kp, c64(2)), ldb)], inbounds=True)
-            row1 = b.gep(row0, [ldb], inbounds=True)
-            drow = b.gep(self.scratch, [b.mul(kp, c64(self.ncp))], inbounds=True)
-            with kb.for_range(0, n_vec, name="pv") as v:
-                j = b.mul(v, c64(VEC))
-                left = kb.umin(b.sub(nc, j), c64(VEC))
-                bits = b.trunc(b.sub(b.shl(c64(1), left), c64(1)), ir.IntType(VEC))
-                mask = b.bitcast(bits, ir.VectorType(ir.IntType(1), VEC))
-
-                def load(row):
-                    ptr = b.bitcast(b.gep(row, [j], inbounds=True), VT.as_pointer())
-                    return b.call(mload, [ptr, ir.Constant(i32, 4), mask, zero])
-
-                lo = b.fptrunc(load(row0), ir.VectorType(BF16, VEC))
-                hi = b.fptrunc(load(row1) if second_row else zero, ir.VectorType(BF16, VEC))
-                pairs = b.shuffle_vector(lo, hi, interleave)
-                dst = b.bitcast(b.gep(drow, [j], inbounds=True), VBF_PAIRS.as_pointer())
-                b.store(pairs, dst, align=64)
-
         with kb.for_range(0, self.k // 2, name="kp") as kp:
-            convert_rows(kp, True)
+            row0 = b.gep(src, [b.mul(b.mul(kp, c64(2)), ldb)], inbounds=True)
+            pair_rows(b, row0, b.gep(row0, [ldb], inbounds=True),
+                      b.gep(self.scratch, [b.mul(kp, c64(self.ncp))], inbounds=True), nc)
         if self.k % 2:
-            convert_rows(c64(self.k // 2), False)
+            pair_rows(b, b.gep(src, [b.mul(c64(self.k - 1), ldb)], inbounds=True), None,
+                      b.gep(self.scratch, [c64(self.k // 2 * self.ncp)], inbounds=True), nc)
         return self.scratch, 1, c64(self.ncp)
 
 
@@ -337,7 +340,7 @@ def plan_gemm(m: int, n: int, k: int, batches: int = 1, threads: int = 1, bf16: 
     t = max(1, threads)
     mr, nv = tile_shape(m)
     nr = nv * VEC
-    row_bytes = 4 * k  # one column of a packed B block (bf16: the fp32 im2col rows staged before pairing)
+    row_bytes = 4 * (-(-k // 2) if bf16 else k)  # one column of a packed B block (bf16: pairs)
     nc_l2 = max(nr, (L2_BLOCK_BYTES // row_bytes) // nr * nr)
     per_batch_units = max(1, -(-2 * t // batches))  # aim for >= 2 units per thread
     nc = min(nc_l2, max(nr, -(-(-(-n // per_batch_units)) // nr) * nr))
