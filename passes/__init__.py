@@ -23,7 +23,7 @@ from .pipeline import default_pipeline, resolve_pipeline
 
 # Built-in passes register themselves on import; later issues add their modules here.
 from . import batchnorm_folding, constant_folding, cse, dce, fusion, memory_planning, noop_elimination  # noqa: E402,F401
-from . import partitioning, precision  # noqa: E402,F401
+from . import partitioning, precision, tensor_split  # noqa: E402,F401
 
 __all__ = [
     "Pass", "PassContext", "Decision", "PROPERTIES", "PassManager", "PassRecord", "PipelineResult",

@@ -12,7 +12,13 @@ Rules:
   ``graphc.compile`` from ``devices=``), else the names in ``ctx.devices``;
 - **costs** (graphc/costmodel.py): a kernel's time on a device is its calibrated roofline plus launch overhead;
   a stage's time is its kernels' time plus the transfers of the tensors it receives and sends (devices that
-  overlap copies with compute, GPUs, take the max of the three instead of the sum);
+  overlap copies with compute, GPUs, take the max of the three instead of the sum). A transfer is one message
+  per (producer stage, reader stage) pair and micro-batch, as the runtime sends them: the link's latency once,
+  plus all the pair's bytes over its bandwidth;
+- **chain order**: kernels that read no activation (a ConstantOfShape making a weight) are first moved to just
+  before their first reader (:func:`sink_sources`), so that a cut never has to carry what they make across;
+- **tensor splitting** runs before this pass (passes/tensor_split.py): kernels too big for a device, or that
+  unbalance a stage boundary, arrive here as output-channel slices plus a Concat, ordinary kernels to place;
 - **chain DP (exact)**: the kernels, in schedule order, are cut into contiguous stages assigned to the devices
   in order (a device may stay unused). For every range [i, j) the stage cost and memory are precomputed from
   prefix sums and 2-D difference arrays (received bytes, sent bytes, unique weight bytes, peak live bytes); the
@@ -40,15 +46,17 @@ Rules:
 
 Everything chosen goes into one decision with ``summary=True`` whose ``partition`` entry is
 ``report()["partition"]``: per device (ops, flops, weights/peak/capacity bytes, compute/transfer/predicted
-seconds), the cut tensors (value, bytes, from, to, seconds), bottleneck and lower bound, predicted throughput
-(micro-batches per second, and samples per second), latency, the candidates weighed and why one won.
+seconds), the cut tensors (value, bytes, from, to, seconds over the link's bandwidth), bottleneck and lower
+bound, predicted throughput (micro-batches per second, and samples per second), latency, the candidates weighed
+and why one won; with 2+ devices also ``tensor_split`` (what the tensor-split pass split and why) and, when it
+split, ``unsplit_lower_bound_s`` and ``bottleneck_vs_unsplit_lower_bound``: the bound of the graph of whole
+kernels, next to ``lower_bound_s``, the bound of the graph partitioned (``lower_bound_basis`` says which).
 :func:`split_stages` turns a partitioned graph into one self-contained graph per stage plus the routing
 between them (what the runtime in graphc/runtime/multidevice.py runs).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -133,6 +141,43 @@ def graph_facts(graph: Graph, bindings: dict[str, int] | None = None) -> Facts:
         diff[end + 1] -= v.nbytes
     live = np.cumsum(diff)[:n]
     return Facts(nodes, kernel_costs(graph, bindings), values, weights, live, bindings)
+
+
+def sink_sources(graph: Graph) -> bool:
+    """Move every kernel that reads no activation (a ``ConstantOfShape`` making a weight, say) to just before its
+    first reader in ``graph.nodes``; returns whether the order changed.
+
+    The chain DP cuts the schedule order into contiguous stages. A generator scheduled at the start but read
+    at the end would have its output cross every cut in between (a 302 MB weight made by a ConstantOfShape in
+    the light ZFNet), which forces both onto one stage; next to its reader the cut can fall before it."""
+    nodes = list(graph.nodes)
+    pos = {id(n): i for i, n in enumerate(nodes)}
+    first_reader: dict[int, int] = {}
+    for i, node in enumerate(nodes):
+        for v in node_reads(node):
+            if v.producer is not None and id(v.producer) in pos:
+                first_reader.setdefault(id(v.producer), i)
+    sources = {id(n) for n in nodes if id(n) in first_reader and not n.subgraphs()
+               and all(v.is_constant for v in node_reads(n))}
+    if not sources:
+        return False
+    order: list[Node] = []
+    waiting: dict[int, list[Node]] = {}
+    for n in nodes:
+        if id(n) in sources:
+            waiting.setdefault(first_reader[id(n)], []).append(n)
+    for i, n in enumerate(nodes):
+        if id(n) in sources:
+            continue
+        order.extend(waiting.pop(i, []))
+        order.append(n)
+    for rest in waiting.values():  # a source read only by another source: keep it before that one's place
+        order.extend(rest)
+    changed = [id(n) for n in order] != [id(n) for n in nodes]
+    if changed:
+        graph.nodes = order
+        graph.topological_sort()  # stable: a no-op unless a source fed another source
+    return changed
 
 
 # ============================================================================================ range tables
@@ -316,6 +361,7 @@ class Model:
             st.flops += f.kernels[i].flops
             st.live_bytes = max(st.live_bytes, int(f.live[i]))
         cuts, cut_bytes = [], 0
+        pair_bytes: dict[tuple[int, int], int] = {}
         for v in f.values:
             src = assign[v.producer] if v.producer >= 0 else -1
             dsts = {assign[r] for r in v.readers} - {src}
@@ -324,19 +370,25 @@ class Model:
             for dst in sorted(dsts):
                 if src == -1 and dst == -1:
                     continue
-                a = devices[src].name if src >= 0 else "host"
-                b = devices[dst].name if dst >= 0 else "host"
-                secs = self.devset.link(a, b).time(v.nbytes)
-                if src >= 0:
-                    stages[src].out_s += secs
-                    stages[src].out_bytes += v.nbytes
-                if dst >= 0:
-                    stages[dst].in_s += secs
-                    stages[dst].in_bytes += v.nbytes
+                pair_bytes[(src, dst)] = pair_bytes.get((src, dst), 0) + v.nbytes
                 if src >= 0 and dst >= 0:
+                    a, b = devices[src].name, devices[dst].name
                     cut_bytes += v.nbytes
                     cuts.append({"value": v.name, "bytes": v.nbytes, "from_stage": src, "to_stage": dst,
-                                 "from": a, "to": b, "seconds": secs})
+                                 "from": a, "to": b, "seconds": v.nbytes / self.devset.link(a, b).bandwidth})
+        # One message per (producer stage, reader stage) and micro-batch carries all its tensors (the runtime
+        # sends a stage one "run" with every input and gets one "done" with every output), so the link's
+        # latency is paid once per pair, its bandwidth per byte: the range costs of the chain DP count the same.
+        for (src, dst), nbytes in pair_bytes.items():
+            a = devices[src].name if src >= 0 else "host"
+            b = devices[dst].name if dst >= 0 else "host"
+            secs = self.devset.link(a, b).time(nbytes)
+            if src >= 0:
+                stages[src].out_s += secs
+                stages[src].out_bytes += nbytes
+            if dst >= 0:
+                stages[dst].in_s += secs
+                stages[dst].in_bytes += nbytes
         for b, readers in f.weights:
             for s in {assign[r] for r in readers}:
                 stages[s].weights_bytes += b
@@ -367,8 +419,9 @@ class Model:
         if device.overlaps_transfers:
             return 0.0
         into, back = self.devset.link("host", device.name), self.devset.link(device.name, "host")
-        return (sum(into.time(v.nbytes) for v in self.f.values if v.producer < 0 and v.readers)
-                + sum(back.time(v.nbytes) for v in self.f.values if v.producer >= 0 and v.output))
+        # one message each way per micro-batch (see evaluate)
+        return (into.time(sum(v.nbytes for v in self.f.values if v.producer < 0 and v.readers))
+                + back.time(sum(v.nbytes for v in self.f.values if v.producer >= 0 and v.output)))
 
     def refine(self, assign: list[int], devices: list[Device], caps: list[float]) -> tuple[list[int], int]:
         """Move boundary kernels between neighbouring stages while it helps; the stage graph stays acyclic."""
@@ -819,8 +872,63 @@ def insert_transfers(graph: Graph, assign: list[int], devices: list[str]) -> lis
 
 
 # ============================================================================================ the pass
+def _tensor_split_entry(ctx: PassContext, summary: dict) -> dict:
+    """What the tensor-split pass did (passes/tensor_split.py), for ``report()["partition"]``: its summary under
+    ``tensor_split``, and when it split kernels the lower bound of the graph before the split (whole kernels)
+    next to ``lower_bound_s``, which is the bound of the graph partitioned (its slices are its kernels)."""
+    entries = [d.data["tensor_split"] for d in ctx.decisions_of("tensor_split") if d.data.get("summary")]
+    if not entries:
+        return {}
+    split = entries[-1]
+    out: dict[str, Any] = {"tensor_split": split,
+                           "lower_bound_basis": "the graph partitioned (tensor-split kernels count as their slices)"
+                           if split.get("split") else "the graph partitioned (no kernel was split)"}
+    unsplit = split.get("unsplit_lower_bound_s")
+    if split.get("split") and unsplit:
+        out["unsplit_lower_bound_s"] = unsplit
+        out["bottleneck_vs_unsplit_lower_bound"] = summary["bottleneck_s"] / unsplit
+    return out
+
+
 def _mb(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
+
+
+@dataclass
+class PartitionRequest:
+    """What the compile options ask of a partition: the devices, each one's memory budget, and the forced or
+    weighed choices (keyword arguments of :func:`choose_partition`)."""
+
+    devset: DeviceSet
+    caps: list[float]
+    kwargs: dict[str, Any]
+
+
+def partition_request(ctx: PassContext) -> PartitionRequest | None:
+    """The partition the options of ``ctx`` ask for, or None with one device (nothing to partition).
+
+    Shared by this pass and the tensor-split pass (passes/tensor_split.py), which predicts partitions before
+    this pass makes one."""
+    names = list(ctx.devices or [])
+    spec = ctx.option("device_spec")
+    if len(names) <= 1 and not spec:
+        return None
+    devset = DeviceSet.from_dict(spec, "device_spec") if spec else resolve_devices(names, ctx.target)
+    if names and devset.names != names:
+        devset = devset.subset(names)
+    if len(devset) <= 1:
+        return None
+    devset = _apply_calibration(devset, ctx.option("partition_calibration"))
+    cap = ctx.option("partition_memory_bytes")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
+        raise OptionError(f"partition_memory_bytes must be a positive number of bytes, got {cap!r}")
+    caps = [float(min(d.memory_bytes, cap) if cap else d.memory_bytes) for d in devset.devices]
+    kwargs = {"batch": _positive_int(ctx.option("partition_batch"), "partition_batch"),
+              "stages": _positive_int(ctx.option("partition_stages"), "partition_stages"),
+              "replicas": _positive_int(ctx.option("partition_replicas"), "partition_replicas"),
+              "micro_batch": _positive_int(ctx.option("partition_micro_batch"), "partition_micro_batch"),
+              "refine": bool(ctx.option("partition_refine", True))}
+    return PartitionRequest(devset, caps, kwargs)
 
 
 @register_pass
@@ -840,31 +948,29 @@ class Partitioning(Pass):
                "partition_calibration": None, "partition_refine": True}
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        names = list(ctx.devices or [])
-        spec = ctx.option("device_spec")
-        if len(names) <= 1 and not spec:
+        request = partition_request(ctx)
+        if request is None:
             return False
-        devset = DeviceSet.from_dict(spec, "device_spec") if spec else resolve_devices(names, ctx.target)
-        if names and devset.names != names:
-            devset = devset.subset(names)
-        if len(devset) <= 1:
-            return False
-        devset = _apply_calibration(devset, ctx.option("partition_calibration"))
-        cap = ctx.option("partition_memory_bytes")
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
-            raise OptionError(f"partition_memory_bytes must be a positive number of bytes, got {cap!r}")
-        caps = [float(min(d.memory_bytes, cap) if cap else d.memory_bytes) for d in devset.devices]
         if not graph.nodes:
             self.log(ctx, "nothing to partition: the graph has no kernels")
             return False
-        choice = choose_partition(
-            graph, devset, caps=caps, batch=_positive_int(ctx.option("partition_batch"), "partition_batch"),
-            stages=_positive_int(ctx.option("partition_stages"), "partition_stages"),
-            replicas=_positive_int(ctx.option("partition_replicas"), "partition_replicas"),
-            micro_batch=_positive_int(ctx.option("partition_micro_batch"), "partition_micro_batch"),
-            refine=bool(ctx.option("partition_refine", True)),
-            exact_memory=lambda c: exact_stage_peaks(graph, c))
+        devset, caps = request.devset, request.caps
+        if sink_sources(graph):
+            self.log(ctx, "moved kernels that read no activation next to their first reader (chain order)")
+        try:
+            choice = choose_partition(graph, devset, caps=caps, **request.kwargs,
+                                      exact_memory=lambda c: exact_stage_peaks(graph, c))
+        except DeviceError as exc:
+            tried = [n for d in ctx.decisions_of("tensor_split") if d.data.get("summary")
+                     for n in d.data["tensor_split"].get("notes", [])]
+            if tried:
+                raise DeviceError(f"{exc}. Tensor splitting was tried: {'; '.join(tried)}") from exc
+            raise
         summary = self._summary(graph, choice, devset, caps)
+        summary.update(_tensor_split_entry(ctx, summary))
+        summary["reasons"] = list(summary["reasons"]) + [
+            f"tensor split: {r['kernel']} ({r['op']}) into {r['slices']} slices; {r['reason']}"
+            for r in summary.get("tensor_split", {}).get("split", [])]
         insert_transfers(graph, choice.assign, [d.name for d in choice.devices])
         for cut in summary["cut_tensors"][:20]:
             self.log(ctx, f"cut {cut['value']} ({cut['bytes']:,} bytes) from stage {cut['from_stage']} "

@@ -30,12 +30,13 @@ def default_pipeline(target: str = "llvm", options: dict[str, Any] | None = None
     # runs when several devices are given, on the fused kernels. Memory planning stays last: it plans the
     # kernels that will run.
     precision = ["precision"] if options.get("precision", "fp32") != "fp32" else []
-    partition = ["partitioning"] if len(options.get("devices") or []) > 1 else []
+    # Tensor splitting runs just before: it cuts a kernel too big for a device (or unbalancing the stages).
+    partition = ["tensor_split", "partitioning"] if len(options.get("devices") or []) > 1 else []
     return simplify + precision + ["fusion"] + partition + ["memory_planning"]
 
 
 #: passes that plan the final program rather than rewrite the graph; they run after everything else
-LOWERING_PASSES = ("partitioning", "memory_planning")
+LOWERING_PASSES = ("tensor_split", "partitioning", "memory_planning")
 
 
 def resolve_pipeline(target: str = "llvm", options: dict[str, Any] | None = None) -> list[str]:

@@ -9,7 +9,7 @@ import graphc
 from graphc import zoo
 from graphc.errors import DeviceError
 from graphc.ir.verify import verify
-from graphc.passes.partitioning import (Facts, _Val, chain_partition, graph_facts, range_tables, split_stages,
+from graphc.passes.partitioning import (Facts, _Val, chain_partition, range_tables, split_stages,
                                         stage_graph)
 from graphc.costmodel import KernelCost
 from tests.helpers import mlp_model
@@ -76,6 +76,26 @@ def test_range_tables_match_direct_sums():
             w = sum(b for b, readers in weights if inside & set(readers))
             assert t.received[i, j] == received and t.sent[i, j] == sent and t.weights[i, j] == w
             assert t.live[i, j] == pytest.approx(facts.live[i:j].max())
+
+
+def test_one_message_per_stage_pair_pays_the_link_latency_once():
+    """Two tensors cut between the same two stages travel in one message (the runtime's one run/done per stage
+    and micro-batch): latency once, bytes over the bandwidth; the DP's range costs count the same."""
+    from graphc.devices import resolve_devices
+    from graphc.passes.partitioning import Model
+
+    devset = resolve_devices(["cpu:0", "cpu:1"], "reference")
+    values = [_Val("x", 4000, -1, [0], False), _Val("a", 1000, 0, [2], False), _Val("b", 3000, 1, [2], False),
+              _Val("y", 400, 2, [], True)]
+    facts = Facts([None] * 3, [KernelCost("k", 1e6, 1e3)] * 3, values, [], np.zeros(3), {})
+    model = Model(facts, devset)
+    ev = model.evaluate([0, 0, 1], list(devset.devices))
+    link = devset.link("cpu:0", "cpu:1")
+    assert ev.stages[1].in_s == pytest.approx(link.time(4000))
+    assert ev.stages[0].out_s == pytest.approx(link.time(4000))
+    assert [c["value"] for c in ev.cuts] == ["a", "b"] and ev.cut_bytes == 4000
+    costs, _ = model.stage_matrices(list(devset.devices), [1e12, 1e12])
+    assert max(costs[0][0, 2], costs[1][2, 3]) == pytest.approx(ev.bottleneck_s)
 
 
 def _mlp():
@@ -173,8 +193,13 @@ def test_memory_cap_forces_more_stages_and_errors_when_impossible():
                           partition_replicas=1).report()["partition"]
     used = [d for d in part["devices"] if d["ops"]]
     assert len(used) >= 2 and all(d["peak_bytes"] <= cap for d in used)
+    # each layer holds a third of the weights: with whole kernels only (no tensor splitting) 0.3 cannot fit
     with pytest.raises(DeviceError, match="memory|fit"):
-        graphc.compile(model, target="reference", devices="cpu:0-3", partition_memory_bytes=int(0.3 * whole))
+        graphc.compile(model, target="reference", devices="cpu:0-3", partition_memory_bytes=int(0.3 * whole),
+                       tensor_split=False)
+    # four devices of a fifth of the weights each cannot hold them, split or not; the error says what was tried
+    with pytest.raises(DeviceError, match="Tensor splitting was tried"):
+        graphc.compile(model, target="reference", devices="cpu:0-3", partition_memory_bytes=int(0.2 * whole))
 
 
 def test_bottleneck_near_its_lower_bound_on_a_small_zoo_model():
@@ -184,32 +209,45 @@ def test_bottleneck_near_its_lower_bound_on_a_small_zoo_model():
     assert part["bottleneck_s"] <= 1.05 * part["lower_bound_s"]
 
 
-#: models whose kernels are fine-grained enough for a 2-stage split within 5% of max(total/2, largest kernel);
-#: AlexNet, ZFNet, VGG-19 and Inception-v1 have a few dominant kernels (see docs/architecture.md)
-BALANCED = ["resnet50", "densenet121", "inception_v2", "shufflenet", "squeezenet"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", zoo.MODELS)
 def test_zoo_bottleneck_vs_lower_bound(name):
     part = graphc.compile(zoo.load(name, weights="random", seed=0), target="reference", devices="cpu:0,cpu:1",
                           partition_replicas=1).report()["partition"]
     assert part["bottleneck_s"] >= part["lower_bound_s"] * (1 - 1e-9)
-    if name in BALANCED:
-        assert part["bottleneck_s"] <= 1.05 * part["lower_bound_s"], part["bottleneck_vs_lower_bound"]
+    assert part["bottleneck_s"] <= 1.05 * part["lower_bound_s"], part["bottleneck_vs_lower_bound"]
+    if part["tensor_split"]["split"]:
+        # AlexNet, ZFNet, VGG-19 and Inception-v1 have a dominant kernel at the best cut: one is split in two
+        # (passes/tensor_split.py). Their bound over whole kernels is also met, not only the split graph's own
+        assert part["bottleneck_s"] <= 1.05 * part["unsplit_lower_bound_s"], part["bottleneck_vs_unsplit_lower_bound"]
 
 
 @pytest.mark.slow
-def test_vgg19_memory_cap_splits_it_within_each_cap():
+def test_vgg19_under_a_memory_cap_below_its_largest_layer_is_split_and_matches_the_reference():
+    """The "does not fit one device" case: each device holds under 40% of VGG-19's weights, less than its first
+    FC layer alone (411 MB, 72% of the weights), so that layer is cut into slices on several devices."""
     from onnx import numpy_helper
 
     model = zoo.load("vgg19", weights="random", seed=0)
     weights = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-    # fc6 alone holds 411 MB (72% of the weights): one op must fit on one device until ops are split
-    cap = int(0.80 * weights)
-    part = graphc.compile(model, target="reference", devices="cpu:0-3", partition_memory_bytes=cap,
-                          partition_replicas=1).report()["partition"]
-    used = [d for d in part["devices"] if d["ops"]]
-    assert len(used) >= 2 and all(d["peak_bytes"] <= cap for d in used)
-    with pytest.raises(DeviceError):
-        graphc.compile(model, target="reference", devices="cpu:0-7", partition_memory_bytes=int(0.39 * weights))
+    cap = int(0.38 * weights)
+    feeds = zoo.sample_inputs(model, seed=1)
+    part_model = graphc.compile(model, target="reference", devices="cpu:0-3", partition_memory_bytes=cap,
+                                partition_replicas=1)
+    try:
+        part = part_model.report()["partition"]
+        used = [d for d in part["devices"] if d["ops"]]
+        assert len(used) >= 3 and all(d["peak_bytes"] <= d["capacity_bytes"] == cap for d in used)
+        fc6 = [r for r in part["tensor_split"]["split"] if r["reason"].startswith("capacity")]
+        assert len(fc6) == 1 and fc6[0]["op"] == "Gemm" and fc6[0]["weight_bytes"] > cap
+        on = {n.meta["device"] for n in part_model.graph.nodes if "slice" in n.meta.get("tensor_split", {})
+              and n.meta["tensor_split"]["of"] == fc6[0]["kernel"]}
+        assert len(on) >= 2
+        got = part_model.run(feeds)  # one worker process per used device
+        assert len(part_model.executable.workers) == len(used)
+    finally:
+        part_model.executable.close()
+    want = graphc.compile(model, target="reference").run(feeds)
+    for out in want:
+        # the workers' BLAS runs on one thread: see test_every_zoo_model_on_two_cpu_devices_matches_one
+        np.testing.assert_allclose(got[out], want[out], rtol=1e-5, atol=1e-7)
