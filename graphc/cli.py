@@ -25,7 +25,7 @@ import numpy as np
 
 from .backends import KNOWN_TARGETS as TARGETS
 from .errors import GraphcError, InputError, OptionError
-from .options import PRECISIONS
+from .options import PRECISIONS, RUNTIMES
 ARTIFACT_SUFFIX = ".gcx"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -148,6 +148,9 @@ def _add_compile(sub, common) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="artifact path (default: <model stem>.gcx here)")
     _add_target(p)
     p.add_argument("--devices", metavar="D", help="devices, e.g. cpu:0, cuda:0-7 or a count")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="how a model over 2+ devices runs: local (worker processes on this host, the default) or "
+                        "ray (Ray actors; pip install 'graphc[ray]'); kept in the artifact")
     _add_precision(p)
     p.add_argument("--threads", type=_non_negative, default=None, metavar="N",
                    help="worker threads (default 0: all cores)")
@@ -314,7 +317,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.model.endswith(ARTIFACT_SUFFIX):
         raise OptionError(f"{args.model!r} is already an artifact; give an .onnx model or zoo:NAME")
     compiled = graphc.compile(args.model, target=args.target, devices=args.devices, precision=args.precision,
-                              threads=args.threads, passes=args.passes, cache=args.cache)
+                              threads=args.threads, passes=args.passes, cache=args.cache, runtime=args.runtime)
     path = compiled.save(out)
     report = compiled.report()
     print(f"compiled {compiled.source} for {compiled.target}: {report.get('nodes')} nodes -> "

@@ -9,6 +9,7 @@ from typing import Any
 from .errors import OptionError
 
 PRECISIONS = ("fp32", "mixed", "int8")
+RUNTIMES = ("local", "ray")  # how a partitioned plan runs: worker processes on this host, or Ray actors
 
 
 def default_target() -> str:
@@ -28,11 +29,12 @@ class CompileOptions:
     passes: list[str] = field(default_factory=list)  # extra (plugin) passes appended to the pipeline
     example_inputs: Any = None  # for torch modules
     extra: dict[str, Any] = field(default_factory=dict)  # options of the passes (see Pass.options)
+    runtime: str = "local"  # one of RUNTIMES; only a plan over 2+ devices has a runtime to choose
 
     @classmethod
     def build(cls, *, target: str | None = None, devices: Any = None, precision: str = "fp32",
               threads: int | None = None, verify: bool | None = None, passes: list[str] | None = None,
-              example_inputs: Any = None, **extra: Any) -> "CompileOptions":
+              example_inputs: Any = None, runtime: str | None = None, **extra: Any) -> "CompileOptions":
         from .backends import KNOWN_TARGETS
 
         target = target or default_target()
@@ -52,6 +54,7 @@ class CompileOptions:
             from .devices import resolve_devices
 
             extra["device_spec"] = resolve_devices(devices, target).to_dict()
+        runtime = check_runtime(runtime, device_list)
         if threads is None:
             threads = 0
         if not isinstance(threads, int) or threads < 0:
@@ -60,18 +63,38 @@ class CompileOptions:
             passes = [p.strip() for p in passes.split(",") if p.strip()]
         if verify is None:
             verify = os.environ.get("GRAPHC_VERIFY", "") not in ("", "0")
-        from .passes.registry import registered_pass_options
+        unknown: list[str] = []
+        if extra:  # the passes are imported only to check pass options (an artifact's load has none to check)
+            from .passes.registry import registered_pass_options
 
-        unknown = sorted(set(extra) - set(registered_pass_options()))
+            unknown = sorted(set(extra) - set(registered_pass_options()))
         if unknown:
             raise OptionError(f"unknown compile option(s): {', '.join(unknown)}; pass options are "
                               f"{', '.join(sorted(registered_pass_options()))}")
         return cls(target=target, devices=device_list, precision=precision, threads=threads, verify=bool(verify),
-                   passes=list(passes or []), example_inputs=example_inputs, extra=dict(extra))
+                   passes=list(passes or []), example_inputs=example_inputs, extra=dict(extra), runtime=runtime)
 
     def to_json(self) -> dict[str, Any]:
+        # the default runtime is left out, so plans, artifacts and cache keys from before it existed still match
+        runtime = {"runtime": self.runtime} if self.runtime != "local" else {}
         return {"target": self.target, "devices": self.devices, "precision": self.precision,
-                "threads": self.threads, "passes": self.passes, **self.extra}
+                "threads": self.threads, "passes": self.passes, **self.extra, **runtime}
+
+
+def check_runtime(runtime: Any, devices: list[str]) -> str:
+    """``None`` -> "local"; "ray" needs 2+ devices and the ray package (a DeviceError says how to install it)."""
+    runtime = "local" if runtime is None else runtime
+    if runtime not in RUNTIMES:
+        raise OptionError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)} (local: one worker "
+                          "process per device on this host; ray: one Ray actor per device, on a Ray cluster)")
+    if runtime != "local" and len(devices) < 2:
+        raise OptionError(f"runtime={runtime!r} runs a model partitioned over several devices, but devices="
+                          f"{','.join(devices)} names one; give two or more, e.g. devices='cpu:0,cpu:1'")
+    if runtime == "ray":
+        from .runtime.ray_runner import import_ray
+
+        import_ray()
+    return runtime
 
 
 def parse_devices(devices: Any, target: str) -> list[str]:

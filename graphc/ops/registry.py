@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -294,7 +295,7 @@ def elementwise(op_type: str, fn: Callable, *, flops: float = 1, out_dtype=None,
 
     ``out_dtype`` fixes the result dtype (bool for comparisons); by default it is the first input's.
     """
-    import inspect
-
-    module = inspect.stack()[1].frame.f_globals.get("__name__", __name__)
+    # the caller's frame alone: inspect.stack() reads every frame's source and cost 1 s per import of graphc
+    # (6-14 s in a Ray worker, whose sys.modules is large)
+    module = sys._getframe(1).f_globals.get("__name__", __name__)
     return _make_elementwise(op_type, fn, flops, out_dtype, attrs or {}, min_opset, module)

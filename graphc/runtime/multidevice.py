@@ -1,11 +1,14 @@
 """Local multi-device execution: one worker process per device, activations through shared memory.
 
+The default runner of a partitioned plan (``runtime="local"``; graphc/runtime/ray_runner.py is the other). What
+does not depend on how bytes move -- stage split, micro-batches, output assembly, the all-or-nothing
+``run_stream`` -- lives in graphc/runtime/partitioned.py and is shared with the Ray runner.
+
 A partitioned plan (passes/partitioning.py) is cut into one graph per stage (:func:`split_stages`). For each
 replica and stage a worker process is started (``spawn``: a clean interpreter, no inherited threads or locks),
 pinned with ``os.sched_setaffinity`` to its device's cores, with BLAS/OpenMP thread counts set to that many
 cores. Each worker compiles its stage with the plan's target backend
-(``graphc.backends.get_backend(target).compile(stage_plan)``: reference today, llvm when it exists) and then
-serves ``run`` requests.
+(:func:`~graphc.runtime.partitioned.build_stage_executable`) and then serves ``run`` requests.
 
 Data path. Weights of a stage are written once into a shared-memory block that the stage's workers map
 read-only (no copy per replica). The coordinator (the calling process) writes each micro-batch's graph inputs
@@ -38,47 +41,25 @@ import threading
 import time
 import traceback
 import types
-import weakref
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from multiprocessing.connection import wait
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DeviceError, ExecutionError, GraphcError
+from ..errors import DeviceError, ExecutionError
+from .partitioned import (DEFAULT_HANG_TIMEOUT_S, DEFAULT_START_TIMEOUT_S, PartitionedExecutable,  # noqa: F401
+                          build_stage_executable, compile_plan, is_partitioned, partition_summary)
 
 ALIGN = 64
 HEARTBEAT_S = 0.2
-DEFAULT_HANG_TIMEOUT_S = 5.0
-DEFAULT_START_TIMEOUT_S = 300.0
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")
 
 
 def _aligned(n: int) -> int:
     return -(-int(n) // ALIGN) * ALIGN
-
-
-def partition_summary(plan) -> dict | None:
-    for decision in reversed(plan.decisions):
-        data = decision.get("data", {})
-        if decision.get("pass") == "partitioning" and data.get("summary"):
-            return data.get("partition")
-    return None
-
-
-def is_partitioned(plan) -> bool:
-    return partition_summary(plan) is not None
-
-
-def compile_plan(plan):
-    """The executable for ``plan``: the multi-device runtime for a partitioned plan, else the target backend's."""
-    if is_partitioned(plan):
-        return MultiDeviceExecutable(plan)
-    from ..backends import get_backend
-
-    return get_backend(plan.target).compile(plan)
 
 
 # ============================================================================================ shared memory
@@ -201,11 +182,6 @@ def _resolve(desc: tuple, maps: dict) -> Any:
 
 
 def _build_stage(spec: dict):
-    from ..backends import get_backend
-    from ..ir.serialize import graph_from_json
-    from ..passes import PassContext, PassManager
-    from ..plan import Plan
-
     maps: dict = {}
     weights = {}
     if spec["weights_shm"]:
@@ -215,12 +191,7 @@ def _build_stage(spec: dict):
             arr.flags.writeable = False
             weights[wid] = arr
     weights.update(spec.get("weights_inline") or {})
-    graph = graph_from_json(spec["doc"], weights)
-    ctx = PassContext(target=spec["target"], options=dict(spec["options"]), properties={"shapes_inferred"})
-    result = PassManager(["memory_planning"]).run(graph, ctx)
-    plan = Plan(graph=graph, target=spec["target"], options=dict(spec["options"]),
-                decisions=[d.to_dict() for d in ctx.decisions], pipeline=result.to_dict())
-    return get_backend(spec["target"]).compile(plan), maps
+    return build_stage_executable(spec["doc"], weights, spec["target"], spec["options"]), maps
 
 
 # ============================================================================================ the coordinator
@@ -252,8 +223,7 @@ class _Pool:
         try:
             for r, group in enumerate(exe.groups):
                 for s, device in enumerate(group):
-                    dev = exe.device_of(device)
-                    cores = list(dev.cores) if dev is not None and dev.kind == "cpu" else []
+                    cores = exe.stage_cores(device)
                     spec = {"doc": exe.split.stages[s].doc, "target": exe.plan.target,
                             "options": {**exe.stage_options, "threads": max(len(cores), 1) if cores else 0},
                             "cores": cores, **weight_blocks[s]}
@@ -419,105 +389,32 @@ class _thread_env:
                 os.environ[var] = value
 
 
-class MultiDeviceExecutable:
-    """Runs a partitioned plan on its devices: ``run(inputs) -> outputs`` like every Executable, plus
-    ``run_stream(batches)`` to pipeline a stream of input lists. Workers start at the first run."""
+class MultiDeviceExecutable(PartitionedExecutable):
+    """Runs a partitioned plan on worker processes of this host: ``run(inputs) -> outputs`` like every
+    Executable, plus ``run_stream(batches)`` to pipeline a stream of input lists. Workers start at the first run."""
+
+    runtime = "local"
 
     def __init__(self, plan, *, hang_timeout: float | None = None, task_timeout: float | None = None,
                  start_method: str = "spawn", depth: int | None = None, start_timeout: float | None = None):
-        from ..devices import DeviceSet
-        from ..passes.partitioning import split_stages
-
-        summary = partition_summary(plan)
-        if summary is None:
-            raise DeviceError("the plan is not partitioned over several devices")
-        self.plan = plan
-        self.summary = summary
-        self.split = split_stages(plan.graph)
-        self.groups: list[list[str]] = [list(g) for g in summary["groups"]]
-        self.micro_batch: int | None = summary.get("micro_batch")
-        spec = plan.options.get("device_spec")
-        self.devset = DeviceSet.from_dict(spec) if spec else None
-        options = plan.options
-        self.hang_timeout = float(hang_timeout or options.get("hang_timeout") or DEFAULT_HANG_TIMEOUT_S)
+        super().__init__(plan, hang_timeout=hang_timeout, start_timeout=start_timeout, depth=depth)
         self.task_timeout = task_timeout
-        self.start_timeout = float(start_timeout or DEFAULT_START_TIMEOUT_S)
         self.start_method = start_method
-        self.depth = int(depth or 2 * len(self.split.stages) + 1)
-        self.stage_options = {k: v for k, v in options.items() if k not in ("devices", "device_spec")}
-        self._pool: _Pool | None = None
-        self._lock = threading.Lock()
         self.last_stage_seconds: dict[tuple[int, int], list[float]] = {}
-        graph = plan.graph
-        self._inputs = [v.name for v in graph.inputs]
-        self._outputs = [v.name for v in graph.outputs]
-        self._consts = {v.name: v.const for v in graph.outputs if v.is_constant}
-        self._stage_out_types = [[graph.value_by_name()[n].type if n in graph.value_by_name() else None
-                                  for n in st.outputs] for st in self.split.stages]
-        self._input_types = [v.type for v in graph.inputs]
-        self._finalizer = weakref.finalize(self, MultiDeviceExecutable._shutdown, self.__dict__)
+        values = plan.graph.value_by_name()
+        self._stage_out_types = [[values[n].type if n in values else None for n in st.outputs]
+                                 for st in self.split.stages]
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def device_of(self, name: str):
-        if self.devset is None:
-            return None
-        try:
-            return self.devset.device(name)
-        except GraphcError:
-            return None
-
     def start(self) -> None:
         if self._pool is None or self._pool.closed:
             self._pool = _Pool(self)
-
-    def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-
-    @staticmethod
-    def _shutdown(state: dict) -> None:
-        pool = state.get("_pool")
-        if pool is not None:
-            pool.close()
 
     @property
     def workers(self) -> list[_Worker]:
         return list(self._pool.workers.values()) if self._pool else []
 
     # -- running -----------------------------------------------------------------------------------------------
-    def run(self, inputs: list) -> list:
-        inputs = list(inputs)
-        chunks = self._micro_batches(inputs)
-        if chunks is None:
-            return self.run_stream([inputs])[0]
-        parts = self.run_stream(chunks)
-        return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(self._outputs))]
-
-    def _micro_batches(self, inputs: list) -> list[list] | None:
-        """Split a batch into the plan's micro-batches along the leading (symbolic batch) dim, if it asks for it."""
-        m = self.micro_batch
-        if not m or not inputs or not all(isinstance(x, np.ndarray) and x.ndim for x in inputs):
-            return None
-        n = inputs[0].shape[0]
-        if n <= m or any(x.shape[0] != n for x in inputs):
-            return None
-        return [[x[i:i + m] for x in inputs] for i in range(0, n, m)]
-
-    def run_stream(self, batches: Iterable[list]) -> list[list]:
-        """Run every input list of ``batches`` (graph-input order) through the pipeline, overlapping them;
-        returns the outputs of each, in order. All or nothing: any failure raises."""
-        batches = [list(b) for b in batches]
-        if not batches:
-            return []
-        with self._lock:
-            self.start()
-            try:
-                return self._stream(batches)
-            except BaseException:
-                self.close()  # the workers' state is unknown: the next run starts fresh ones
-                raise
-
     def _bindings(self, inputs: list) -> dict[str, int]:
         from ..ir.types import TensorType
 
@@ -589,17 +486,11 @@ class MultiDeviceExecutable:
             sent.add((seq, s))
 
         def finish(seq: int) -> None:
-            outs = []
-            for name in self._outputs:
-                src = self.split.outputs[name]
-                if src[0] == "const":
-                    outs.append(np.array(self._consts[name], copy=True))
-                elif src[0] == "input":
-                    outs.append(np.array(batches[seq][self._inputs.index(name)], copy=True))
-                else:
-                    d = produced[(seq, src[1])][index_of[src[1]][src[2]]]
-                    outs.append(np.array(_resolve(d, self._maps), copy=True) if d[0] == "shm" else d[1])
-            results[seq] = outs
+            def stage_value(s: int, name: str):
+                d = produced[(seq, s)][index_of[s][name]]
+                return np.array(_resolve(d, self._maps), copy=True) if d[0] == "shm" else d[1]
+
+            results[seq] = self.assemble_outputs(batches[seq], stage_value)
             complete.add(seq)
             for s in range(S):
                 produced.pop((seq, s), None)
@@ -633,10 +524,6 @@ class MultiDeviceExecutable:
         finally:
             self._maps = {}
         return results  # type: ignore[return-value]
-
-    def describe(self) -> dict:
-        return {"runtime": "multidevice", "stages": len(self.split.stages), "replicas": len(self.groups),
-                "groups": self.groups, "micro_batch": self.micro_batch, "target": self.plan.target}
 
 
 __all__ = ["MultiDeviceExecutable", "compile_plan", "is_partitioned", "partition_summary"]
