@@ -100,6 +100,7 @@ def _smin(b, x, y):
 
 
 IM2COL = "graphc.im2col"
+_EVEN_LANES = ir.Constant(ir.VectorType(ir.IntType(32), VEC), list(range(0, 2 * VEC, 2)))
 _IM2COL_PARAMS = ("ncp", "jc", "nc", "cg", "h", "w", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "ow")
 _FP = F32.as_pointer()
 
@@ -179,9 +180,30 @@ def im2col_function(module: ir.Module, pairs: bool = False) -> ir.Function:
                                     with _loop(b, lo, hi, "cp") as j:
                                         b.store(b.load(b.gep(src, [j]), align=4), b.gep(drow_oh, [j]), align=4)
                                 with strided:
-                                    with _loop(b, lo, hi, "cs") as j:
-                                        v = b.load(b.gep(src, [b.mul(j, p["sw"])]), align=4)
-                                        b.store(v, b.gep(drow_oh, [j]), align=4)
+                                    # stride 2 (downsampling convs): two vector loads and the even lanes
+                                    # of both, 16 outputs a step (the vectoriser would use a gather, which
+                                    # moves one element a cycle); the tail, up to 16, element by element
+                                    with b.if_else(b.icmp_signed("==", p["sw"], c64(2))) as (two, other):
+                                        with two:
+                                            # a vector at j reads inputs 2j .. 2j+31, of which 2(hi-1) is the
+                                            # last valid one: vectors while j + 17 <= hi
+                                            nvec = b.sdiv(_smax(b, b.sub(b.sub(hi, lo), c64(1)), c64(0)), c64(VEC))
+                                            with _loop(b, c64(0), nvec, "c2v") as v:
+                                                j = b.add(lo, b.mul(v, c64(VEC)))
+                                                pair = b.gep(src, [b.mul(j, c64(2))])
+                                                v0 = b.load(b.bitcast(pair, VT.as_pointer()), align=4)
+                                                v1 = b.load(b.bitcast(b.gep(pair, [c64(VEC)]), VT.as_pointer()),
+                                                            align=4)
+                                                even = b.shuffle_vector(v0, v1, _EVEN_LANES)
+                                                b.store(even, b.bitcast(b.gep(drow_oh, [j]), VT.as_pointer()),
+                                                        align=4)
+                                            with _loop(b, b.add(lo, b.mul(nvec, c64(VEC))), hi, "c2") as j:
+                                                x2 = b.load(b.gep(src, [b.mul(j, c64(2))]), align=4)
+                                                b.store(x2, b.gep(drow_oh, [j]), align=4)
+                                        with other:
+                                            with _loop(b, lo, hi, "cs") as j:
+                                                v = b.load(b.gep(src, [b.mul(j, p["sw"])]), align=4)
+                                                b.store(v, b.gep(drow_oh, [j]), align=4)
                             zeros(drow_oh, hi, ow_e)
                         with otherwise:
                             zeros(drow_oh, ow_s, ow_e)
