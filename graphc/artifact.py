@@ -8,27 +8,39 @@ Layout (format version 2)::
                     size in weights.bin; object/string arrays inline as JSON lists), the Plan's decisions and
                     pipeline records, node count at import, compile time
     weights.bin     every weight as raw little-endian bytes, each at a 64-byte aligned offset
+    backend/...     what the backend built (llvm: machine code, layout, packed constants, IR; cuda: source and
+                    binaries), handed back to its ``compile_with_parts``
     model.onnx      the source model, kept so the artifact can be recompiled by another graphc or for another
                     target; optional on load
 
-Loading verifies every part listed in the manifest, rebuilds the Graph from plan.json + weights.bin, checks it
-with ``verify`` and hands the Plan straight to the backend's ``compile(plan)``: no ONNX import, no passes. A
-missing, corrupted or tampered part, a plan that does not describe a valid graph, another format version or
-graphc version, a target this build lacks, or a host lacking a CPU feature the artifact requires raises
-:class:`~graphc.errors.ArtifactError`. Format version 1 artifacts (manifest + model.onnx) still load by
-recompiling their model.
+Members are stored uncompressed; ``weights.bin`` and large backend parts (:class:`Blob`) start at a 64-byte
+aligned offset in the file (a zipalign-style extra field pads the local header), so that a load maps them
+(copy-on-write) instead of copying them: the weights are views of the file, and their pages become resident
+only where a run reads them.
+
+Loading verifies (size, SHA-256) every part it uses -- all but model.onnx, which is checked when a loaded model is
+saved again -- in parallel threads, rebuilds the Graph from plan.json + weights.bin, checks it with ``verify``
+and hands the Plan straight to the backend (``compile_with_parts(plan, parts, plan_sha256=...)`` where it has
+one, else ``compile(plan)``): no ONNX import, no passes. A missing, corrupted or tampered part, a plan that
+does not describe a valid graph, another format version or graphc version, a target this build lacks, or a host
+lacking a CPU feature the artifact requires raises :class:`~graphc.errors.ArtifactError`. Format version 1
+artifacts (manifest + model.onnx) still load by recompiling their model. SHA-256 finds corruption, not a
+forger: the manifest is not signed, and an artifact carries machine code, so load only artifacts you trust.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import mmap
 import os
 import platform
 import struct
 import sys
 import time
 import zipfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -136,6 +148,76 @@ def _jsonable(x: Any) -> Any:
 
 
 # -- saving ---------------------------------------------------------------------------------------------------
+class Blob:
+    """A part made of arrays at 64-byte aligned offsets (zeros between), written without joining them into one
+    bytes object. Backends return one from ``artifact_parts()`` for large data (the llvm backend's packed
+    constants); on load the part comes back as one aligned uint8 array (``BackendParts.array``)."""
+
+    def __init__(self, chunks: list[tuple[int, np.ndarray]], size: int):
+        self.chunks = [(int(offset), np.ascontiguousarray(array)) for offset, array in chunks]
+        self.size = int(size)
+
+
+_ALIGN_EXTRA_ID = 0xD935  # the extra field zipalign uses: padding that puts a member's data on a boundary
+
+
+def _aligned_info(zf: zipfile.ZipFile, name: str, size: int) -> tuple[zipfile.ZipInfo, bool]:
+    """A ZipInfo whose stored data will start at a multiple of ALIGNMENT in the file (so that a load can map it
+    instead of copying it), and whether the member needs zip64 (decided here as zipfile decides it)."""
+    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    info.file_size = size
+    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT
+    header_at = getattr(zf, "start_dir", None)
+    header_at = zf.fp.tell() if header_at is None else header_at
+    # local header (30 bytes), the name, our extra field (4 + pad), zipfile's zip64 extra field (20) if any
+    data_at = header_at + 30 + len(name.encode("utf-8")) + 4 + (20 if zip64 else 0)
+    pad = (-data_at) % ALIGNMENT
+    info.extra = struct.pack("<HH", _ALIGN_EXTRA_ID, pad) + bytes(pad)
+    return info, zip64
+
+
+def _write_aligned(zf: zipfile.ZipFile, name: str, chunks, size: int) -> str:
+    """Write ``(offset, bytes-like)`` chunks (ascending, zeros between) as an aligned stored member of ``size``
+    bytes; its SHA-256."""
+    info, zip64 = _aligned_info(zf, name, size)
+    digest = hashlib.sha256()
+    with zf.open(info, "w", force_zip64=zip64) as out:
+        pos = 0
+        for offset, raw in chunks:
+            raw = memoryview(raw).cast("B")
+            if offset > pos:
+                pad = bytes(offset - pos)
+                out.write(pad)
+                digest.update(pad)
+            out.write(raw)
+            digest.update(raw)
+            pos = offset + raw.nbytes
+        if size > pos:
+            pad = bytes(size - pos)
+            out.write(pad)
+            digest.update(pad)
+    return digest.hexdigest()
+
+
+def _blob_chunks(blob: Blob):
+    for offset, array in blob.chunks:
+        yield offset, array.reshape(-1).view(np.uint8)
+
+
+def _backend_parts(executable, plan_sha256: str) -> dict:
+    """The executable's ``artifact_parts()``, told which plan.json they go with when it asks."""
+    make = getattr(executable, "artifact_parts", None)
+    if not callable(make):
+        return {}
+    try:
+        wants_plan = "plan_sha256" in inspect.signature(make).parameters
+    except (TypeError, ValueError):
+        wants_plan = False
+    return make(plan_sha256=plan_sha256) if wants_plan else make()
+
+
 class StoredModel:
     """The source model of a loaded artifact: read (and checked) from the artifact, then parsed into an
     ``onnx.ModelProto``, only when asked -- running a loaded model never needs it, saving it again does.
@@ -215,26 +297,21 @@ def save_artifact(compiled, path: str | os.PathLike) -> str:
     plan_bytes = json.dumps(plan_doc, separators=(",", ":")).encode("utf-8")
     model_bytes = _source_bytes(compiled)
 
-    parts: dict[str, dict] = {"plan.json": {"sha256": _sha256(plan_bytes), "size": len(plan_bytes)}}
+    plan_sha256 = _sha256(plan_bytes)
+    parts: dict[str, dict] = {"plan.json": {"sha256": plan_sha256, "size": len(plan_bytes)}}
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             zf.writestr("plan.json", plan_bytes)
-            digest = hashlib.sha256()
-            with zf.open("weights.bin", "w", force_zip64=end >= (1 << 31)) as out:
-                pos = 0
-                for offset, raw in chunks:
-                    if offset > pos:
-                        pad = bytes(offset - pos)
-                        out.write(pad)
-                        digest.update(pad)
-                    out.write(raw)
-                    digest.update(raw)
-                    pos = offset + raw.nbytes
-            parts["weights.bin"] = {"sha256": digest.hexdigest(), "size": end}
-            # what the backend built (the cuda backend: source, launch list, build log, binaries), kept as-is
-            backend_parts = getattr(compiled.executable, "artifact_parts", None)
-            for name, data in (backend_parts() if callable(backend_parts) else {}).items():
+            # aligned in the file, so that a load maps the weights instead of copying them
+            parts["weights.bin"] = {"sha256": _write_aligned(zf, "weights.bin", chunks, end), "size": end}
+            # what the backend built (the cuda backend: source, launch list, build log, binaries; the llvm
+            # backend: machine code, layout, packed constants, IR), kept as-is
+            for name, data in _backend_parts(compiled.executable, plan_sha256).items():
+                if isinstance(data, Blob):
+                    digest = _write_aligned(zf, f"backend/{name}", _blob_chunks(data), data.size)
+                    parts[f"backend/{name}"] = {"sha256": digest, "size": data.size}
+                    continue
                 zf.writestr(f"backend/{name}", data)
                 parts[f"backend/{name}"] = {"sha256": _sha256(data), "size": len(data)}
             if model_bytes is not None:
@@ -383,6 +460,81 @@ def read_part_buffer(zf: zipfile.ZipFile, manifest: dict, name: str, path: str,
     return buf
 
 
+def _map_file(path: str) -> mmap.mmap | None:
+    """A copy-on-write mapping of the whole artifact (None where the file cannot be mapped): parts stored
+    uncompressed at aligned offsets are used from it in place, and only the pages a run touches stay resident.
+    Writes to a mapped array stay private to the process. The file must not be rewritten in place while a
+    model loaded from it lives (graphc only ever replaces artifacts and cache entries by renaming a new file
+    over them, which leaves the mapped file intact)."""
+    try:
+        with open(path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
+
+
+def _hash_file_region(path: str, start: int, size: int) -> str:
+    """SHA-256 of ``size`` bytes of the file from ``start``, read through one small buffer."""
+    digest = hashlib.sha256()
+    buf = bytearray(min(_CHUNK, max(size, 1)))
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        left = size
+        while left:
+            got = f.readinto(view[:min(left, len(buf))])
+            if not got:
+                break
+            digest.update(view[:got])
+            left -= got
+    return digest.hexdigest() if not left else ""
+
+
+def read_part_mapped(mapped: mmap.mmap | None, zf: zipfile.ZipFile, manifest: dict, name: str, path: str,
+                     limit: int | None = None, touch: bool = True) -> np.ndarray:
+    """A part, checked against its SHA-256, as a 64-byte aligned uint8 array: a view of ``mapped`` when the
+    member is stored at an aligned offset (what graphc writes for weights and backend blobs), else a copy
+    (:func:`read_part_buffer`). ``touch=False`` hashes the part by reading the file rather than through the
+    mapping, so that its pages become resident in this process only where something uses them (the plan's
+    weights: most are only read packed, from the backend's part, by a compiled model)."""
+    meta = _part_meta(manifest, name, path)
+    info = _open_part(zf, meta, name, path)
+    if limit is not None and info.file_size > limit:
+        raise ArtifactError(f"{path!r}: part {name!r} is implausibly large ({info.file_size} bytes)")
+    try:
+        start = _stored_offset(path, info) if mapped is not None and info.file_size else None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArtifactError(f"{path!r}: part {name!r} cannot be read ({exc})") from None
+    if start is None or start % ALIGNMENT or start + info.file_size > len(mapped):
+        return read_part_buffer(zf, manifest, name, path, limit)
+    buf = np.frombuffer(mapped, np.uint8, count=info.file_size, offset=start)
+    digest = hashlib.sha256(buf).hexdigest() if touch else _hash_file_region(path, start, info.file_size)
+    if digest != meta["sha256"]:
+        raise ArtifactError(f"{path!r}: part {name!r} fails its SHA-256 check (corrupted or tampered with)")
+    return buf
+
+
+class BackendParts(Mapping):
+    """The ``backend/`` parts of a loaded artifact (names without the prefix), each checked against its
+    SHA-256 at load: ``parts[name]`` is the part's bytes, ``parts.array(name)`` the aligned uint8 array it was
+    read (or mapped) into, without a copy."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self._arrays = arrays
+
+    def __getitem__(self, name: str) -> bytes:
+        return self._arrays[name].tobytes()
+
+    def array(self, name: str) -> np.ndarray:
+        return self._arrays[name]
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+
 def _weights_from_table(table: Any, blob: np.ndarray) -> dict[str, np.ndarray]:
     from .ir.serialize import dtype_by_name
 
@@ -451,24 +603,28 @@ def load_artifact(path: str | os.PathLike):
             # the source model is only needed to save again: checked for presence and size now, read and
             # hashed when (if ever) it is asked for
             has_model = "model.onnx" in manifest["parts"]
-            names = ["weights.bin", "plan.json"]
+            names = ["weights.bin", "plan.json"] + [n for n in manifest["parts"]
+                                                    if isinstance(n, str) and n.startswith("backend/")]
+            sizes = {}
             for name in names + (["model.onnx"] if has_model else []):  # cheap checks first, broken part named
-                _open_part(zf, _part_meta(manifest, name, path), name, path)
-            # the big parts are read and hashed in parallel (file reads and hashlib release the GIL)
-            with ThreadPoolExecutor(max_workers=len(names)) as pool:
-                futures = {n: pool.submit(read_part_buffer, zf, manifest, n, path,
-                                          _MAX_PLAN if n == "plan.json" else None) for n in names}
+                sizes[name] = _open_part(zf, _part_meta(manifest, name, path), name, path).file_size
+            # parts are mapped (or read) and hashed in parallel, largest first (hashlib releases the GIL)
+            mapped = _map_file(path)
+            with ThreadPoolExecutor(max_workers=min(len(names), max(2, min(4, os.cpu_count() or 1)))) as pool:
+                futures = {n: pool.submit(read_part_mapped, mapped, zf, manifest, n, path,
+                                          _MAX_PLAN if n == "plan.json" else None, n != "weights.bin")
+                           for n in sorted(names, key=lambda n: -sizes[n])}
                 buffers = {n: f.result() for n, f in futures.items()}
-            plan_bytes = buffers["plan.json"].tobytes()
-            backend_parts = {n[len("backend/"):]: read_part(zf, manifest, n, path)
-                             for n in manifest["parts"] if isinstance(n, str) and n.startswith("backend/")}
-            blob = buffers["weights.bin"]
+            plan_bytes = buffers.pop("plan.json").tobytes()
+            blob = buffers.pop("weights.bin")
+            backend_parts = BackendParts({n[len("backend/"):]: b for n, b in buffers.items()})
+            plan_sha256 = manifest["parts"]["plan.json"]["sha256"]
             model_bytes = (lambda: _read_source_model(path, manifest)) if has_model else None
     except zipfile.BadZipFile:
         raise ArtifactError(f"{path!r} is not a graphc artifact (not a zip archive, or truncated)") from None
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact {path!r}: {exc.strerror or exc}") from None
-    return _load_v2(manifest, plan_bytes, blob, model_bytes, path, start, backend_parts)
+    return _load_v2(manifest, plan_bytes, blob, model_bytes, path, start, backend_parts, plan_sha256)
 
 
 def _read_source_model(path: str, manifest: dict) -> bytes:
@@ -518,7 +674,7 @@ def _load_v1(manifest: dict, model_bytes: bytes, path: str):
 
 
 def _load_v2(manifest: dict, plan_bytes: bytes, blob: np.ndarray, model_bytes, path: str,
-             start: float, backend_parts: dict | None = None):
+             start: float, backend_parts: Mapping | None = None, plan_sha256: str | None = None):
     from .backends import get_backend
     from .ir.verify import verify
 
@@ -551,9 +707,11 @@ def _load_v2(manifest: dict, plan_bytes: bytes, blob: np.ndarray, model_bytes, p
 
             executable = compile_plan(plan)
         elif backend_parts and with_parts:
-            executable = with_parts(plan, backend_parts)
+            executable = _with_parts(with_parts, plan, backend_parts, plan_sha256)
         else:
             executable = backend.compile(plan)
+    except ArtifactError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"{path!r}: the {plan.target} backend cannot build the stored plan: {exc}") from None
     stored = None if model_bytes is None else StoredModel(model_bytes)
@@ -564,6 +722,16 @@ def _load_v2(manifest: dict, plan_bytes: bytes, blob: np.ndarray, model_bytes, p
     compiled.load_seconds = time.perf_counter() - start
     compiled.artifact_manifest = manifest
     return compiled
+
+
+def _with_parts(with_parts, plan, backend_parts: Mapping, plan_sha256: str | None):
+    """``backend.compile_with_parts``, told which plan.json the parts were saved with when it asks (the llvm
+    backend then uses its stored layout as it is)."""
+    try:
+        wants_plan = "plan_sha256" in inspect.signature(with_parts).parameters
+    except (TypeError, ValueError):
+        wants_plan = False
+    return with_parts(plan, backend_parts, plan_sha256=plan_sha256) if wants_plan else with_parts(plan, backend_parts)
 
 
 def build_plan(doc: dict, weights: dict[str, np.ndarray]):

@@ -109,6 +109,42 @@ def test_manifest_contents(mlp_artifact):
     assert b"pickle" not in parts["plan.json"]
 
 
+def _mapped(array) -> bool:
+    import mmap
+
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return isinstance(array.obj if isinstance(array, memoryview) else array, mmap.mmap)
+
+
+def test_weights_are_aligned_in_the_file_and_mapped_on_load(mlp, mlp_artifact):
+    with zipfile.ZipFile(mlp_artifact) as zf:
+        info = zf.getinfo("weights.bin")
+    assert artifact._stored_offset(str(mlp_artifact), info) % 64 == 0
+    loaded = graphc.load(mlp_artifact)
+    weights = [v.const for v in loaded.graph.initializers.values()]
+    assert weights and all(_mapped(w) and w.ctypes.data % 64 == 0 for w in weights)
+    name, first = next(iter(loaded.graph.initializers.items()))
+    before = first.const.copy()
+    first.const[...] = 7  # the mapping is private: writes never reach the file
+    np.testing.assert_array_equal(graphc.load(mlp_artifact).graph.initializers[name].const, before)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_parts_that_cannot_be_mapped_are_copied(mlp, mlp_artifact, compression):
+    """Another zip writer (unaligned, or compressed members): the load copies into aligned buffers instead."""
+    parts = _parts(mlp_artifact)
+    with zipfile.ZipFile(mlp_artifact, "w", compression=compression) as zf:
+        zf.writestr("pad", b"x")  # puts weights.bin at an odd offset
+        for n, data in parts.items():
+            zf.writestr(n, data)
+    loaded = graphc.load(mlp_artifact)
+    weights = [v.const for v in loaded.graph.initializers.values()]
+    assert weights and not any(_mapped(w) for w in weights) and all(w.ctypes.data % 64 == 0 for w in weights)
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(loaded(x), mlp_reference(mlp, x), rtol=1e-5)
+
+
 def test_load_does_not_import_or_run_passes(mlp, mlp_artifact, monkeypatch):
     from graphc import pipeline
     from graphc.frontend import onnx_import

@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 
 from ...errors import ExecutionError, GraphcError, InputError
-from ...ir.graph import captured_values
 from ...plan import Plan
 from ..reference.executor import _Env, _Program
-from .jit import JitModule, optimize
-from .workers import NativeWorkers
-from .program import ENTRY, FIRST_ERROR_CODE, SYNC_BYTES, Program, SlotSpec
+from .layout import (ENTRY, FIRST_ERROR_CODE, SCRATCH_SLOT, SYNC_BYTES, SYNC_SLOT, SlotSpec,
+                     captured_values_of)
+
+# program.py (lowering: the code generators, llvmlite.ir) and jit.py / workers.py (LLVM itself) are imported
+# when first needed: a model loaded from an artifact runs without lowering (layout.py) and, with one thread,
+# without LLVM's optimiser.
 
 _ENTRY_CTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                 ctypes.c_void_p)
@@ -67,11 +69,17 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
 
 
 class _Compiled:
-    """One specialisation: the program, its machine code, and the buffers reused from run to run."""
+    """One specialisation: the program (a lowered ``Program`` or a ``StoredProgram`` taken back from an
+    artifact), its machine code, and the buffers reused from run to run."""
 
-    def __init__(self, program: Program, object_code: bytes | None = None):
+    def __init__(self, program, object_code: bytes | None = None):
+        from .jit import JitModule, optimize_text
+
         self.program = program
-        self.jit = JitModule.from_object(object_code) if object_code else JitModule(optimize(program.module))
+        if object_code:
+            self.jit = JitModule.from_object(object_code)
+        else:  # the llvmlite module goes before LLVM's optimiser and code generator take their memory
+            self.jit = JitModule(optimize_text(program.release_module().decode(), "graphc"))
         self.entry_address = self.jit.address(ENTRY)
         self.entry = _ENTRY_CTYPE(self.entry_address)
         self.slot_table = (ctypes.c_void_p * len(program.slots))()
@@ -83,10 +91,10 @@ class _Compiled:
                 self.memory[i] = spec.array.reshape(-1).view(np.uint8) if spec.array.size else np.zeros(64, np.uint8)
             if i in self.memory:
                 self.slot_table[i] = self.memory[i].ctypes.data
-        self.scratch_per_thread = program.slots[Program.SCRATCH_SLOT].nbytes
+        self.scratch_per_thread = program.slots[SCRATCH_SLOT].nbytes
         self.scratch: np.ndarray | None = None
         self.table_address = ctypes.addressof(self.slot_table)
-        self.slot_table[Program.SYNC_SLOT] = None  # set per executable in LLVMExecutable._run
+        self.slot_table[SYNC_SLOT] = None  # set per executable in LLVMExecutable._run
         self.input_slots = [(i, spec.index) for i, spec in enumerate(program.slots) if spec.kind == "input"]
         self.output_slots = []
         for i, spec in enumerate(program.slots):
@@ -204,27 +212,22 @@ def _subprogram(program: _Program, graph):
     return prog
 
 
-def captured_values_of(node) -> list:
-    out = {}
-    for sub in node.subgraphs():
-        for v in captured_values(sub):
-            out[id(v)] = v
-    return list(out.values())
-
-
 class LLVMExecutable:
-    def __init__(self, plan: Plan, prebuilt: dict | None = None):
+    def __init__(self, plan: Plan, prebuilt: dict | None = None, load_notes: list[str] | None = None):
         self.plan = plan
-        # specialisations whose machine code came with an artifact: input shapes -> (IR digest, object code)
-        self._prebuilt: dict[tuple, tuple[str, bytes]] = dict(prebuilt or {})
-        self.load_log: list[str] = []
+        # specialisations whose machine code came with an artifact: input shapes -> artifacts.Prebuilt
+        self._prebuilt: dict[tuple, Any] = dict(prebuilt or {})
+        self.load_log: list[str] = list(load_notes or [])
         graph = plan.graph
         threads = int(plan.options.get("threads") or 0) or auto_threads(plan)
         self.threads = threads
         self._lock = threading.Lock()
         self.specializations: dict[tuple, _Compiled] = {}
-        self._workers = NativeWorkers(threads) if threads > 1 else None
-        if self._workers is not None:
+        self._workers = None
+        if threads > 1:
+            from .workers import NativeWorkers
+
+            self._workers = NativeWorkers(threads)
             weakref.finalize(self, self._workers.close)
         self._sync = _aligned_empty(SYNC_BYTES)
         self._sync_address = self._sync.ctypes.data
@@ -255,23 +258,51 @@ class LLVMExecutable:
     def _specialize(self, shapes: tuple) -> _Compiled:
         compiled = self.specializations.get(shapes)
         if compiled is None:
-            program = Program(self.plan, self._bindings(shapes), list(shapes), threads=self.threads)
-            object_code = None
-            if shapes in self._prebuilt:
-                digest, code = self._prebuilt.pop(shapes)
-                if digest == ir_digest(program):
-                    object_code = code
-                    self.load_log.append(f"{list(shapes)}: machine code loaded from the artifact")
-                else:  # another graphc made it, or the lowering changed: the kept code is not this program's
-                    self.load_log.append(f"{list(shapes)}: the artifact's code does not match this build's "
-                                         f"IR; re-JIT")
+            kept = self._prebuilt.pop(shapes, None)
+            program, object_code = self._from_artifact(kept, shapes) if kept is not None else (None, None)
+            if program is None:
+                from .program import Program
+
+                program = Program(self.plan, self._bindings(shapes), list(shapes), threads=self.threads)
+                if kept is not None and kept.threads in (None, self.threads):
+                    if kept.layout_sha256 == ir_digest(program):
+                        object_code = kept.object_code
+                        self.load_log.append(f"{list(shapes)}: machine code loaded from the artifact (the plan "
+                                             f"was lowered again to take it)")
+                    else:  # another graphc made it, or the lowering changed: the kept code is not this program's
+                        self.load_log.append(f"{list(shapes)}: the artifact's code does not match this build's "
+                                             f"IR; re-JIT")
             compiled = self.specializations[shapes] = _Compiled(program, object_code)
         return compiled
 
+    def _from_artifact(self, kept, shapes: tuple):
+        """(StoredProgram, object code) when the artifact's code and layout can run as they are, else
+        (None, None) with the reason in the load log (the caller then lowers the plan again)."""
+        from .layout import StoredProgram
+
+        where = f"{list(shapes)}:"
+        if kept.threads not in (None, self.threads):
+            self.load_log.append(f"{where} the code was generated for {kept.threads} threads, this executable runs "
+                                 f"{self.threads}; lowering again and re-JIT")
+            return None, None
+        if kept.layout is None:
+            return None, None
+        if not kept.plan_matches:
+            self.load_log.append(f"{where} the plan is not the one the stored layout was made for; lowering again")
+            return None, None
+        try:
+            program = StoredProgram(self.plan, kept.layout, kept.constants, list(shapes), kept.ir_text)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.load_log.append(f"{where} the stored layout does not fit the plan ({exc}); lowering again")
+            return None, None
+        self.load_log.append(f"{where} machine code loaded from the artifact with its stored layout (no lowering)")
+        return program, kept.object_code
+
     # -- artifacts --------------------------------------------------------------------------------------------
-    def artifact_parts(self) -> dict[str, bytes]:
-        """Machine code and LLVM IR of every specialisation, for ``CompiledModel.save`` (see artifacts.py)."""
-        return artifact_parts(self)
+    def artifact_parts(self, plan_sha256: str | None = None) -> dict:
+        """Machine code, layout, packed constants and LLVM IR of every specialisation, for
+        ``CompiledModel.save`` (see artifacts.py); ``plan_sha256`` names the plan.json they go with."""
+        return artifact_parts(self, plan_sha256)
 
     @property
     def fallback_ops(self) -> list[str]:
@@ -314,10 +345,10 @@ class LLVMExecutable:
         if compiled.scratch_per_thread:
             if compiled.scratch is None or compiled.scratch.nbytes < compiled.scratch_per_thread * n:
                 compiled.scratch = _aligned_empty(compiled.scratch_per_thread * n)
-            table[Program.SCRATCH_SLOT] = compiled.scratch.ctypes.data
+            table[SCRATCH_SLOT] = compiled.scratch.ctypes.data
         state = compiled.state = _RunState(compiled, inputs, outputs)
         self._sync[:] = 0
-        table[Program.SYNC_SLOT] = self._sync_address
+        table[SYNC_SLOT] = self._sync_address
         if self._workers is not None:
             status = self._workers.run(compiled.entry, compiled.entry_address, compiled.table_address,
                                        self._sync_address, compiled.callback_address)
@@ -336,7 +367,7 @@ class LLVMExecutable:
             raise ExecutionError(f"llvm backend run ended with status {status}")
         return self._collect(program, state, inputs)
 
-    def _collect(self, program: Program, state: _RunState, inputs: list) -> list:
+    def _collect(self, program, state: _RunState, inputs: list) -> list:
         graph = program.plan.graph
         slot_of_output = {spec.index: i for i, spec in enumerate(program.slots) if spec.kind == "output"}
         input_pos = {id(v): i for i, v in enumerate(graph.inputs)}
@@ -365,13 +396,11 @@ def compile(plan: Plan) -> LLVMExecutable:
     return LLVMExecutable(plan)
 
 
-def compile_with_parts(plan: Plan, parts: dict[str, bytes]) -> LLVMExecutable:
-    """An executable for ``plan`` that uses the machine code an artifact kept where it still fits."""
-    exe = LLVMExecutable.__new__(LLVMExecutable)
-    prebuilt, notes = prebuilt_from_parts(parts)
-    LLVMExecutable.__init__(exe, plan, prebuilt)
-    exe.load_log[:0] = notes
-    return exe
+def compile_with_parts(plan: Plan, parts, plan_sha256: str | None = None) -> LLVMExecutable:
+    """An executable for ``plan`` that uses the machine code (and, when ``plan_sha256`` is the one it was made
+    for, the stored layout) an artifact kept, where it still fits; see artifacts.py."""
+    prebuilt, notes = prebuilt_from_parts(parts, plan_sha256)
+    return LLVMExecutable(plan, prebuilt, notes)
 
 
 from .artifacts import artifact_parts, ir_digest, prebuilt_from_parts  # noqa: E402  (uses the classes above)

@@ -59,13 +59,18 @@ def new_module(name: str) -> ir.Module:
 
 def optimize(module: ir.Module) -> "llvm.ModuleRef":
     """Parse, verify and optimise (O3 with the loop and SLP vectorisers) the textual IR of ``module``."""
+    return optimize_text(str(module), module.name)
+
+
+def optimize_text(text: str, name: str = "graphc") -> "llvm.ModuleRef":
+    """:func:`optimize` for IR already rendered as text (the caller may have freed the llvmlite module)."""
     with _LOCK:
         _initialized()
         try:
-            ref = llvm.parse_assembly(str(module))
+            ref = llvm.parse_assembly(text)
             ref.verify()
         except RuntimeError as exc:  # a code generator bug, never a user error: say where
-            raise ExecutionError(f"llvm backend generated invalid IR for {module.name!r}: {exc}") from exc
+            raise ExecutionError(f"llvm backend generated invalid IR for {name!r}: {exc}") from exc
         tm = target_machine()
         pto = llvm.create_pipeline_tuning_options(speed_level=3)
         pto.loop_vectorization = True

@@ -21,13 +21,13 @@ listed in ``report()["fallback_ops"]``).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 from llvmlite import ir
 
 from ...ir.graph import Graph, Node, Value
+from .layout import Storage  # noqa: F401  (defined with the rest of what a stored program keeps)
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -58,20 +58,6 @@ def llvm_type(dtype) -> ir.Type:
         return _LLVM_TYPES[np.dtype(dtype)]
     except (KeyError, TypeError):
         raise Unsupported(f"no LLVM type for dtype {dtype}") from None
-
-
-@dataclass(frozen=True)
-class Storage:
-    """Where a tensor lives during a run: ``slots[slot] + offset``, dense and C-contiguous."""
-
-    slot: int
-    offset: int
-    dtype: np.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
 class KernelBuilder:
@@ -175,7 +161,7 @@ class KernelBuilder:
 
         The kernel goes on (whatever it computes is discarded); after its barrier every thread returns and
         the run raises. ``message`` should name the node and say what was wrong."""
-        from .program import ERROR_OFFSET, FIRST_ERROR_CODE
+        from .layout import ERROR_OFFSET, FIRST_ERROR_CODE
 
         code = FIRST_ERROR_CODE + len(self.program.error_messages)
         self.program.error_messages.append(message)

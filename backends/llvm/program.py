@@ -34,49 +34,19 @@ from . import kernels as _kernels  # noqa: F401  (registers the emitters)
 from .jit import new_module
 from .kernel import (FUSED_EMITTERS, I8P, I32, I64, NODE_EMITTERS, KernelBuilder, Storage,
                      Unsupported)
+from .layout import (ARENA_SLOT, BODY_TEMP_SLOT, ENTRY, ERROR_OFFSET, FIRST_ERROR_CODE, SCRATCH_SLOT,  # noqa: F401
+                     SYNC_BYTES, SYNC_SLOT, TEMP_SLOT, FallbackStep, SlotSpec, Step, fallback_ops_of)
 from .sync import barrier_function
 
 log = logging.getLogger("graphc.llvm")
 
 STRICT = os.environ.get("GRAPHC_LLVM_STRICT", "") not in ("", "0")
-ENTRY = "graphc_entry"
 FALLBACK_TYPE = ir.FunctionType(I32, [I64])
 ENTRY_TYPE = ir.FunctionType(I32, [I8P.as_pointer(), I64, I64, I8P, FALLBACK_TYPE.as_pointer()])
-ERROR_OFFSET = 128  # the abort word (count at 0, generation at 64: each on its own cache line)
-FIRST_ERROR_CODE = 2  # status 1 = a fallback failed (its exception is kept); 2 + i = error_messages[i]
-SYNC_BYTES = 192
 
 
 def _align(n: int, a: int = 64) -> int:
     return -(-int(n) // a) * a
-
-
-@dataclass
-class SlotSpec:
-    """What one entry of the slots table points at during a run."""
-
-    kind: str  # "arena" | "scratch" | "temp" | "input" | "output" | "const"
-    index: int = -1  # input/output position
-    array: np.ndarray | None = None  # const
-    nbytes: int = 0  # arena/scratch/temp/output size
-    value: Value | None = None  # output
-
-
-@dataclass
-class FallbackStep:
-    node: Node
-    ctx: OpContext
-    reason: str
-
-
-@dataclass
-class Step:
-    kind: str  # "kernel" | "fallback"
-    name: str  # kernel function name, or fallback index as text
-    node: Node
-    fallback: int = -1
-    emitter: str = ""
-    can_fail: bool = False  # the kernel may set the error word (KernelBuilder.fail_if)
 
 
 @dataclass
@@ -92,11 +62,11 @@ class Program:
     steps: list[Step] = field(default_factory=list)
     fallbacks: list[FallbackStep] = field(default_factory=list)
 
-    ARENA_SLOT = 0
-    SCRATCH_SLOT = 1
-    TEMP_SLOT = 2  # values the memory plan left out: each its own place, for the whole run
-    BODY_TEMP_SLOT = 3  # insides of split fused bodies: each body starts again at 0
-    SYNC_SLOT = 4  # the sync block (barrier words, status, the error word of KernelBuilder.fail_if)
+    ARENA_SLOT = ARENA_SLOT
+    SCRATCH_SLOT = SCRATCH_SLOT
+    TEMP_SLOT = TEMP_SLOT  # values the memory plan left out: each its own place, for the whole run
+    BODY_TEMP_SLOT = BODY_TEMP_SLOT  # insides of split fused bodies: each body starts again at 0
+    SYNC_SLOT = SYNC_SLOT  # the sync block (barrier words, status, the error word of KernelBuilder.fail_if)
 
     def __post_init__(self) -> None:
         graph = self.plan.graph
@@ -195,7 +165,7 @@ class Program:
         elif value.is_constant:
             array = np.ascontiguousarray(value.const).reshape(np.shape(value.const))
             st = Storage(len(self.slots), 0, array.dtype, tuple(array.shape))
-            self.slots.append(SlotSpec("const", array=array))
+            self.slots.append(SlotSpec("const", array=array, value=value))  # the weight as it is (layout.py)
         else:
             st = self._temp(value.type.dtype, shape)
         self._storage[key] = st
@@ -304,13 +274,22 @@ class Program:
 
     @property
     def fallback_ops(self) -> list[str]:
-        out = set()
-        for f in self.fallbacks:
-            if f.node.op_type == "FusedKernel":
-                out.update(n.op_type for n in f.node.attrs["body"].walk())
-            else:
-                out.add(f.node.op_type if not f.node.domain else f"{f.node.domain}::{f.node.op_type}")
-        return sorted(out)
+        return fallback_ops_of(self.fallbacks)
+
+    def ir_text(self) -> bytes:
+        """The module's LLVM IR (unoptimised), the artifact's portable form of the code."""
+        if self.module is not None:
+            return str(self.module).encode()
+        return self._ir_text
+
+    def release_module(self) -> bytes:
+        """Render the IR once, keep only its text (for artifacts) and drop the llvmlite objects: they are
+        many times the text's size and nothing needs them once LLVM has the text."""
+        text = self.ir_text()
+        self._ir_text = text
+        self.module = None
+        self.scratch_stride = None
+        return text
 
     # -- entry ------------------------------------------------------------------------------------------------
     def _write_entry(self) -> None:
