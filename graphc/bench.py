@@ -70,6 +70,7 @@ class BenchResult:
     max_rel_err: float | None = None
     mismatched: list[str] = field(default_factory=list)
     fallback_ops: list[str] = field(default_factory=list)
+    compiled: Any = field(default=None, repr=False, compare=False)  # the model that was timed
 
     @property
     def ratio(self) -> float | None:
@@ -276,7 +277,7 @@ def bench(model: Any, *, vs: str | None = None, threads: int | None = None, repe
     result = BenchResult(model=name or compiled.source, target=compiled.target, threads=threads, batch=batch,
                          repeat=repeat, warmup=warmup, flops=flops, compile_seconds=compiled.compile_seconds,
                          graphc=Timing(f"graphc ({compiled.target})", []),
-                         fallback_ops=list(compiled.report().get("fallback_ops", [])))
+                         fallback_ops=list(compiled.report().get("fallback_ops", [])), compiled=compiled)
     ours = compiled.run(feeds)  # also checks the inputs before any timing
     if not vs:
         result.graphc.samples = time_calls(lambda: compiled.run(feeds), repeat, warmup)

@@ -208,6 +208,8 @@ def _add_bench(sub, common) -> None:
                    help="zoo models: keep the constant weights or use seeded random ones (default constant)")
     _add_target(p)
     _add_precision(p)
+    p.add_argument("--profile", action="store_true",
+                   help="also time every kernel (llvm target) and print the slowest, with GFLOP/s and code generator")
     p.set_defaults(func=cmd_bench)
 
 
@@ -889,6 +891,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     if result.ort is not None and not result.agree:
         _note(f"warning: graphc and onnxruntime outputs differ ({', '.join(result.mismatched)})")
+    if args.profile:
+        from .profile import profile
+
+        if result.compiled is None:
+            raise OptionError("--profile: the benchmark kept no compiled model")
+        print()
+        print(profile(result.compiled, repeat=max(3, min(args.repeat, 20)), seed=0).format(top=20))
     return 0
 
 

@@ -213,8 +213,10 @@ def _subprogram(program: _Program, graph):
 
 
 class LLVMExecutable:
-    def __init__(self, plan: Plan, prebuilt: dict | None = None, load_notes: list[str] | None = None):
+    def __init__(self, plan: Plan, prebuilt: dict | None = None, load_notes: list[str] | None = None,
+                 profile: bool = False):
         self.plan = plan
+        self.profile = profile  # a profiling build: cycle stamps after every step (graphc/profile.py)
         # specialisations whose machine code came with an artifact: input shapes -> artifacts.Prebuilt
         self._prebuilt: dict[tuple, Any] = dict(prebuilt or {})
         self.load_log: list[str] = list(load_notes or [])
@@ -258,12 +260,13 @@ class LLVMExecutable:
     def _specialize(self, shapes: tuple) -> _Compiled:
         compiled = self.specializations.get(shapes)
         if compiled is None:
-            kept = self._prebuilt.pop(shapes, None)
+            kept = None if self.profile else self._prebuilt.pop(shapes, None)
             program, object_code = self._from_artifact(kept, shapes) if kept is not None else (None, None)
             if program is None:
                 from .program import Program
 
-                program = Program(self.plan, self._bindings(shapes), list(shapes), threads=self.threads)
+                program = Program(self.plan, self._bindings(shapes), list(shapes), threads=self.threads,
+                                  profile=self.profile)
                 if kept is not None and kept.threads in (None, self.threads):
                     if kept.layout_sha256 == ir_digest(program):
                         object_code = kept.object_code
@@ -316,6 +319,20 @@ class LLVMExecutable:
         return {"threads": self.threads, "load": list(self.load_log),
                 "specializations": [{"input_shapes": [list(s) if s is not None else None for s in key],
                                      **c.program.describe()} for key, c in self.specializations.items()]}
+
+    def profile_stamps(self, shapes: tuple) -> tuple[list, np.ndarray, Any]:
+        """(steps, stamps, clock) of a profiling build's specialisation for ``shapes``: the steps in order, a
+        live view of the cycle stamps its last run wrote (``len(steps) + 1``), and a function reading the
+        cycle counter."""
+        from .program import PROFILE_CLOCK, PROFILE_TABLE
+
+        if not self.profile:
+            raise ExecutionError("this executable was not built for profiling")
+        compiled = self._specialize(shapes)
+        n = len(compiled.program.steps) + 1
+        stamps = np.ctypeslib.as_array((ctypes.c_int64 * n).from_address(compiled.jit.global_address(PROFILE_TABLE)))
+        clock = ctypes.CFUNCTYPE(ctypes.c_int64)(compiled.jit.address(PROFILE_CLOCK))
+        return compiled.program.steps, stamps, clock
 
     # -- running ----------------------------------------------------------------------------------------------
     def run(self, inputs: list) -> list:

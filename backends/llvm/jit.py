@@ -107,6 +107,12 @@ class JitModule:
     def from_object(cls, object_code: bytes) -> "JitModule":
         return cls(None, object_code)
 
+    def global_address(self, name: str) -> int:
+        addr = self.engine.get_global_value_address(name)
+        if not addr:
+            raise ExecutionError(f"llvm backend: global {name!r} is missing from the compiled module")
+        return addr
+
     def address(self, name: str) -> int:
         addr = self.engine.get_function_address(name)
         if not addr:

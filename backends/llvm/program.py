@@ -43,6 +43,8 @@ log = logging.getLogger("graphc.llvm")
 STRICT = os.environ.get("GRAPHC_LLVM_STRICT", "") not in ("", "0")
 FALLBACK_TYPE = ir.FunctionType(I32, [I64])
 ENTRY_TYPE = ir.FunctionType(I32, [I8P.as_pointer(), I64, I64, I8P, FALLBACK_TYPE.as_pointer()])
+PROFILE_TABLE = "graphc_profile"  # i64[steps + 1]: cycle counter stamps of a profiling build
+PROFILE_CLOCK = "graphc_cycles"  # i64 (): the cycle counter
 
 
 def _align(n: int, a: int = 64) -> int:
@@ -57,6 +59,7 @@ class Program:
     bindings: dict[str, int]
     input_shapes: list[tuple[int, ...] | None]
     threads: int = 0  # the worker threads that will run it (code generators size their splits by it)
+    profile: bool = False  # thread 0 stamps the cycle counter after every step (graphc/profile.py)
     module: ir.Module = None
     slots: list[SlotSpec] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
@@ -301,7 +304,9 @@ class Program:
         # fail_if to its message code. Every thread checks it after every barrier, and the barrier's spin loop
         # leaves when it is set, so that a thread which already left (having seen it) is never waited for.
         err_ptr = b.bitcast(b.gep(sync, [ir.Constant(I64, ERROR_OFFSET)]), I32.as_pointer())
-        for step in self.steps:
+        stamp = self._profile_stamps(b, tid) if self.profile else (lambda index: None)
+        stamp(0)
+        for index, step in enumerate(self.steps):
             if step.kind == "kernel":
                 b.call(self.module.globals[step.name], [slots, tid, nthreads])
             else:
@@ -311,10 +316,30 @@ class Program:
                     with b.if_then(b.icmp_unsigned("!=", rc, ir.Constant(I32, 0)), likely=False):
                         b.store_atomic(ir.Constant(I32, 1), err_ptr, "release", 4)
             b.call(barrier, [sync, nthreads])
+            stamp(index + 1)
             err = b.load_atomic(err_ptr, "acquire", 4)
             with b.if_then(b.icmp_unsigned("!=", err, ir.Constant(I32, 0)), likely=False):
                 b.ret(err)
         b.ret(ir.Constant(I32, 0))
+
+    def _profile_stamps(self, b: ir.IRBuilder, tid):
+        """``stamp(i)``: thread 0 writes the cycle counter to ``graphc_profile[i]`` (stamp 0 before the first
+        step, stamp i + 1 after step i's barrier: the difference is the step's time on the slowest thread).
+        ``graphc_cycles()`` reads the counter, for converting cycles to seconds."""
+        counter = self.module.globals.get("llvm.readcyclecounter") or ir.Function(
+            self.module, ir.FunctionType(I64, []), name="llvm.readcyclecounter")
+        table = ir.GlobalVariable(self.module, ir.ArrayType(I64, len(self.steps) + 1), PROFILE_TABLE)
+        table.initializer = ir.Constant(table.type.pointee, None)
+        reader = ir.Function(self.module, ir.FunctionType(I64, []), name=PROFILE_CLOCK)
+        rb = ir.IRBuilder(reader.append_basic_block("entry"))
+        rb.ret(rb.call(counter, []))
+
+        def stamp(index: int) -> None:
+            with b.if_then(b.icmp_unsigned("==", tid, ir.Constant(I64, 0))):
+                slot = b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, index)], inbounds=True)
+                b.store(b.call(counter, []), slot)
+
+        return stamp
 
     def describe(self) -> dict[str, Any]:
         return {"kernels": sum(s.kind == "kernel" for s in self.steps), "fallbacks": len(self.fallbacks),

@@ -15,6 +15,9 @@ WINDOWS = [
     ((1, 2, 10, 10), {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 2]}),
     ((1, 3, 40), {"kernel_shape": [5], "strides": [3], "pads": [2, 2]}),
     ((1, 2, 35, 37), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+    # several 16-column runs per row, stride 2 (two loads and a shuffle per tap), edges on both sides
+    ((1, 2, 21, 75), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+    ((1, 3, 50), {"kernel_shape": [4], "strides": [2], "pads": [2, 1]}),
 ]
 
 
