@@ -33,13 +33,7 @@ HEADER = ("| model | graphc fp32 ms | graphc mixed ms | speedup | rel err | top-
 
 def logits_model(name: str, seed: int = 0):
     """The zoo model ``name`` with seeded random weights and without its trailing Softmax."""
-    model = zoo.load(name, weights="random", seed=seed)
-    last = model.graph.node[-1]
-    if last.op_type == "Softmax":
-        out = model.graph.output[0]
-        del model.graph.node[-1]
-        out.name = last.input[0]
-    return model
+    return zoo.without_softmax(zoo.load(name, weights="random", seed=seed))
 
 
 def openvino_models(model, threads: int) -> dict:

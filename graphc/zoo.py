@@ -101,6 +101,16 @@ def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def without_softmax(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place and returned) with a trailing Softmax removed: its input becomes the graph
+    output. Accuracy comparisons use the logits, because a saturated softmax hides their differences."""
+    last = model.graph.node[-1] if model.graph.node else None
+    if last is not None and last.op_type == "Softmax" and last.output[0] == model.graph.output[0].name:
+        del model.graph.node[-1]
+        model.graph.output[0].name = last.input[0]
+    return model
+
+
 def sample_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input of ``model`` (symbolic dims set to ``batch``)."""
     from .ir.types import dtype_from_onnx

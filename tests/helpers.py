@@ -33,3 +33,14 @@ def mlp_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     logits = h @ w["w2"]
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def json_paths(doc, prefix=()):
+    """Every path (tuple of keys and indices) into a JSON document, the root's ``()`` first."""
+    yield prefix
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from json_paths(v, prefix + (i,))

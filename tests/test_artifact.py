@@ -22,7 +22,7 @@ from graphc.ir.types import SequenceType, TensorType
 from graphc.ir.verify import verify
 from graphc.options import CompileOptions
 from graphc.plan import Plan
-from tests.helpers import mlp_model, mlp_reference
+from tests.helpers import json_paths, mlp_model, mlp_reference
 
 
 @pytest.fixture(scope="module")
@@ -396,21 +396,11 @@ def test_tampered_source_model_is_caught_when_it_is_used(mlp_artifact, tmp_path)
         loaded.save(tmp_path / "again.gcx")
 
 
-def _paths(doc, prefix=()):
-    yield prefix
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            yield from _paths(v, prefix + (i,))
-
-
 def test_any_plan_edit_loads_or_raises_artifact_error(mlp_artifact, tmp_path):
     """Replace every node of plan.json's tree by junk of several kinds: load works or says ArtifactError."""
     original = json.loads(_parts(mlp_artifact)["plan.json"])
     junk = [None, -1, 2 ** 70, 1.5, "x", [], {}, [None], {"$w": "w0"}, {"$g": {}}, True]
-    paths = [p for p in _paths(original) if p and p[0] in ("graph", "weights")]
+    paths = [p for p in json_paths(original) if p and p[0] in ("graph", "weights")]
     rng = np.random.default_rng(0)
     chosen = [paths[i] for i in rng.choice(len(paths), size=min(120, len(paths)), replace=False)]
     target = tmp_path / "fuzz.gcx"

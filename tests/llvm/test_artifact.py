@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 import graphc
 from graphc.errors import ArtifactError, ExecutionError
+from tests.helpers import json_paths
 
 pytest.importorskip("llvmlite")
 
@@ -303,16 +304,6 @@ def test_a_truncated_constants_part_is_an_artifact_error(saved):
         graphc.load(path)
 
 
-def _paths(doc, prefix=()):
-    yield prefix
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            yield from _paths(v, prefix + (i,))
-
-
 def test_any_layout_edit_loads_identically_or_raises_artifact_error(rich, tmp_path):
     """Junk in place of any node of the (re-hashed) layout: the load refuses it (ArtifactError), or notices and
     lowers again, and the outputs stay identical. (Plausible but wrong numbers -- a smaller arena -- cannot be
@@ -320,7 +311,7 @@ def test_any_layout_edit_loads_identically_or_raises_artifact_error(rich, tmp_pa
     m, path = rich
     original = json.loads(_parts(path)["backend/llvm/spec0.layout.json"])
     junk = [None, -1, "x", [], {}, [None], True, 2 ** 70]
-    paths = [p for p in _paths(original) if p]
+    paths = [p for p in json_paths(original) if p]
     rng = np.random.default_rng(0)
     chosen = [paths[i] for i in rng.choice(len(paths), size=min(60, len(paths)), replace=False)]
     target = tmp_path / "fuzz.gcx"
