@@ -23,7 +23,9 @@ class CompiledModel:
         self.executable = executable
         self.options = options
         self.source = source
-        self._source_model = source_model  # the ONNX ModelProto, kept for save()
+        # the ONNX ModelProto, kept for save() and comparisons; a graphc.sources.ModelFile when graphc read it
+        # from a file itself (then the file is read again when asked for, see source_model)
+        self._source_model = source_model
         self._imported_nodes = imported_nodes
         self.compile_seconds = compile_seconds
         graph = plan.graph
@@ -81,7 +83,15 @@ class CompiledModel:
 
     @property
     def source_model(self):
-        return self._source_model
+        """The ONNX model compiled: a ModelProto, or (compiled from a path, or loaded from an artifact) a stand-in
+        with ``SerializeToString()`` and the proto's attributes that reads it when used. None when there is
+        none: an artifact saved without it, or a model file changed or removed since it was compiled."""
+        from .sources import ModelFile
+
+        model = self._source_model
+        if isinstance(model, ModelFile) and not model.unchanged():
+            return None
+        return model
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{n}: {t}" for n, t in self.input_types.items())

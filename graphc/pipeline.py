@@ -9,22 +9,30 @@ from .compiled import CompiledModel
 from .frontend import import_onnx
 from .options import CompileOptions
 from .plan import Plan
-from .sources import resolve_model
+from .sources import ResolvedModel, resolve
 
 
 def compile_model(model: Any, opts: CompileOptions) -> CompiledModel:
     start = time.perf_counter()
-    proto, base_dir, source = resolve_model(model, opts.example_inputs)
-    return compile_proto(proto, base_dir, source, opts, start)
+    return compile_resolved(resolve(model, opts.example_inputs), opts, start)
 
 
 def compile_proto(proto, base_dir, source: str, opts: CompileOptions, start: float | None = None) -> CompiledModel:
+    """Compile a ModelProto the caller holds (and keeps: it becomes ``source_model``)."""
+    return compile_resolved(ResolvedModel(proto, base_dir, source), opts, start)
+
+
+def compile_resolved(resolved: ResolvedModel, opts: CompileOptions, start: float | None = None) -> CompiledModel:
+    """Compile a resolved model. A proto graphc read from a file itself is dropped as soon as its weights are in
+    the graph (``resolved.release()``): the passes and the backend then run without it (on ResNet-50 it is as
+    large as the weights), and ``source_model`` reads the file again if asked."""
     from .backends import get_backend
     from .passes import PassContext, PassManager, resolve_pipeline
 
     start = time.perf_counter() if start is None else start
     backend = get_backend(opts.target)
-    graph = import_onnx(proto, base_dir)
+    graph = import_onnx(resolved.proto, resolved.base_dir)
+    source_model = resolved.release()
     imported_nodes = sum(1 for _ in graph.walk())
     options = opts.to_json()
     ctx = PassContext(target=opts.target, precision=opts.precision, devices=opts.devices, options=options,
@@ -43,5 +51,5 @@ def compile_proto(proto, base_dir, source: str, opts: CompileOptions, start: flo
         from .precision import record_error
 
         record_error(plan, executable)
-    return CompiledModel(plan=plan, executable=executable, source_model=proto, source=source, options=opts,
-                         imported_nodes=imported_nodes, compile_seconds=time.perf_counter() - start)
+    return CompiledModel(plan=plan, executable=executable, source_model=source_model, source=resolved.source,
+                         options=opts, imported_nodes=imported_nodes, compile_seconds=time.perf_counter() - start)

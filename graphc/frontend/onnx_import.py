@@ -4,6 +4,8 @@ What the importer guarantees to the passes after it:
 - every node's op is in the registry (all unsupported ops are reported together, with their opsets);
 - weights (initializers, sparse initializers, ``Constant`` nodes) are Values with ``const`` set;
 - every value has a type: declared in the model, else from ONNX shape inference, refined by graphc's own rules;
+- the weights are read once, into the graph: ONNX's checker and shape inference get a copy that declares the
+  large ones by type (``skeleton.py``), so neither serialises them;
 - subgraphs (If/Loop/Scan bodies) are Graphs in node attributes, their outer-scope reads wired to outer Values;
 - the result passes ``graphc.ir.verify``.
 Anything malformed raises a :class:`~graphc.errors.GraphcError` subclass, never another exception.
@@ -11,6 +13,7 @@ Anything malformed raises a :class:`~graphc.errors.GraphcError` subclass, never 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -28,6 +31,7 @@ from ..ops.inference import infer_types
 from ..ops.registry import attribute_value
 from ..ops.tensor import constant_value
 from .external_data import read_external_tensor
+from .skeleton import checkable_copy
 
 #: ONNX allows deep nesting of subgraphs; Python and protobuf do not, so deeper models are refused.
 MAX_SUBGRAPH_DEPTH = 32
@@ -43,18 +47,26 @@ def load_model_proto(source: Any) -> tuple[onnx.ModelProto, str | None]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _parse(bytes(source), "<bytes>"), None
     if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise ModelLoadError(f"model file {path!r} does not exist")
-        if os.path.isdir(path):
-            raise ModelLoadError(f"{path!r} is a directory, not an .onnx file")
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise ModelLoadError(f"cannot read model file {path!r}: {exc.strerror or exc}") from None
-        return _parse(data, path), os.path.dirname(os.path.abspath(path))
+        model, base_dir, _ = read_model_file(source)
+        return model, base_dir
     raise ModelLoadError(f"cannot load a model from a {type(source).__name__}: give a path, bytes or onnx.ModelProto")
+
+
+def read_model_file(path: str | os.PathLike) -> tuple[onnx.ModelProto, str, str]:
+    """An .onnx file's model, the directory its external data lives in, and the SHA-256 of the file's bytes
+    (what :class:`graphc.sources.ModelFile` checks when it reads the file again)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"model file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ModelLoadError(f"{path!r} is a directory, not an .onnx file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path!r}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    return _parse(data, path), os.path.dirname(os.path.abspath(path)), digest
 
 
 def _parse(data: bytes, where: str) -> onnx.ModelProto:
@@ -136,12 +148,9 @@ def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
     return sorted(missing)
 
 
-def check_model_proto(model: onnx.ModelProto) -> None:
-    """Structural validation (ONNX's checker), with its complaints turned into InvalidModelError.
-
-    Unsupported ops are reported first, all of them, since the checker would stop at the first op it does
-    not know.
-    """
+def check_structure(model: onnx.ModelProto) -> None:
+    """What graphc checks before ONNX's checker sees the model: nesting depth, opset imports, and unsupported
+    ops, all of them (the checker would stop at the first op it does not know)."""
     depth = _subgraph_depth(model.graph)
     if depth > MAX_SUBGRAPH_DEPTH:
         raise InvalidModelError(f"subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels; refusing the model")
@@ -150,22 +159,42 @@ def check_model_proto(model: onnx.ModelProto) -> None:
     missing = unsupported_ops(model)
     if missing:
         raise UnsupportedOpError(missing)
-    if model.ByteSize() < _TWO_GB and not _external_tensors(model):
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as exc:
-            message = " ".join(str(exc).split())[:600] or type(exc).__name__
-            raise InvalidModelError(f"the model is not valid ONNX: {message}") from None
-        except Exception as exc:  # the checker's C++ layer can raise other types on odd input
-            raise InvalidModelError(f"the model is not valid ONNX: {exc}") from None
 
 
-def _infer_onnx_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """ONNX's own shape inference as the seed for graphc's rules (skipped for models over 2 GB)."""
-    if model.ByteSize() >= _TWO_GB:
+def onnx_view(model: onnx.ModelProto, base_dir: str | None) -> onnx.ModelProto | None:
+    """The model as ONNX's checker and shape inference get it: large weights declared by type only
+    (:func:`~graphc.frontend.skeleton.checkable_copy`), the remaining external tensors read in when that stays
+    under 2 GB; None when even the copy is over 2 GB (protobuf's limit)."""
+    view = inline_external_data(checkable_copy(model, base_dir), base_dir)
+    return view if view.ByteSize() < _TWO_GB else None
+
+
+def check_model_proto(model: onnx.ModelProto, base_dir: str | None = None) -> None:
+    """Structural validation: :func:`check_structure`, then ONNX's checker on :func:`onnx_view`'s copy, its
+    complaints turned into InvalidModelError."""
+    check_structure(model)
+    _run_checker(onnx_view(model, base_dir))
+
+
+def _run_checker(view: onnx.ModelProto | None) -> None:
+    if view is None or _external_tensors(view):  # the checker cannot read external data it was not given
+        return
+    try:
+        onnx.checker.check_model(view)
+    except onnx.checker.ValidationError as exc:
+        message = " ".join(str(exc).split())[:600] or type(exc).__name__
+        raise InvalidModelError(f"the model is not valid ONNX: {message}") from None
+    except Exception as exc:  # the checker's C++ layer can raise other types on odd input
+        raise InvalidModelError(f"the model is not valid ONNX: {exc}") from None
+
+
+def _infer_onnx_types(view: onnx.ModelProto | None) -> dict[str, onnx.TypeProto]:
+    """ONNX's own shape inference, on :func:`onnx_view`'s copy, as the seed for graphc's rules (skipped when
+    ONNX cannot take the model whole)."""
+    if view is None:
         return {}
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(view, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference is a hint only; graphc's rules and the executor do not need it
         return {}
     out: dict[str, onnx.TypeProto] = {}
@@ -262,13 +291,13 @@ def _check_text(text, what: str) -> None:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, base_dir: str | None):
+    def __init__(self, model: onnx.ModelProto, base_dir: str | None, view: onnx.ModelProto | None):
         self.model = model
         self.base_dir = base_dir
         self.opsets = opset_versions(model)
         if "" not in self.opsets:
             self.opsets[""] = 1
-        self.seed_types = _infer_onnx_types(model)
+        self.seed_types = _infer_onnx_types(view)
         self.unsupported: list[tuple[str, str, int]] = []
 
     def run(self) -> Graph:
@@ -404,7 +433,8 @@ def inline_external_data(model: onnx.ModelProto, base_dir: str | None) -> onnx.M
     """A copy of ``model`` with external tensors read in (safely), when the result stays under 2 GB.
 
     ONNX's checker and shape inference only see a model whole; models too large for that keep their external
-    references and are imported without them.
+    references (and are checked by graphc's rules only). Used on :func:`onnx_view`'s copy, where the large
+    weights are already declared by type only, so what is read here is small.
     """
     if not _external_tensors(model):
         return model
@@ -421,16 +451,23 @@ def inline_external_data(model: onnx.ModelProto, base_dir: str | None) -> onnx.M
 
 
 def import_onnx(model: onnx.ModelProto, base_dir: str | None = None, *, check: bool = True) -> Graph:
-    """Build a verified, typed graphc Graph from an ONNX model."""
-    model = inline_external_data(model, base_dir)
+    """Build a verified, typed graphc Graph from an ONNX model.
+
+    The weights are read once, into the graph (external data straight from its files); ONNX's checker and
+    shape inference get :func:`onnx_view`'s copy, which declares the large ones by type instead of holding them.
+    """
     if check:
-        check_model_proto(model)
+        check_structure(model)
+    view = onnx_view(model, base_dir)
+    if check:
+        _run_checker(view)
     if model.functions:
         try:
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise InvalidModelError(f"cannot inline the model's local functions: {exc}") from None
-    graph = _Importer(model, base_dir).run()
+        view = onnx_view(model, base_dir)  # inference must see the nodes the importer sees
+    graph = _Importer(model, base_dir, view).run()
     infer_types(graph)
     verify(graph)
     return graph
