@@ -180,7 +180,10 @@ class ConstB:
         k = -(-k // 2) if bf16 else k
         self.k, self.nr = k, nr
         pack = pack_b_const_bf16 if bf16 else pack_b_const
-        packed = np.concatenate([pack(mats[i].astype(np.float32), nr) for i in range(nb)])
+        per = (-(-n // nr)) * nr * k
+        packed = np.empty(nb * per, np.uint32 if bf16 else np.float32)  # one allocation, each batch in place
+        for i in range(nb):
+            pack(mats[i].astype(np.float32, copy=False), nr, packed[i * per:(i + 1) * per])
         self.base = kb.constant_array(packed, F32)
         self.per_batch = (-(-n // nr)) * nr * k
         self.batch_index = np.asarray(batch_index, np.int64)

@@ -206,13 +206,20 @@ def pack_a_const(a: np.ndarray, mr: int) -> np.ndarray:
     return out.reshape(-1)
 
 
-def pack_b_const(b: np.ndarray, nr: int) -> np.ndarray:
-    """B (K, N) -> panels (ceil(N/NR), K, NR), zero columns past N, flat float32."""
+def pack_b_const(b: np.ndarray, nr: int, out: np.ndarray | None = None) -> np.ndarray:
+    """B (K, N) -> panels (ceil(N/NR), K, NR), zero columns past N, flat float32; written panel by panel into
+    ``out`` (or a new array): no padded or transposed copy of the whole matrix (FC weights run to 400 MB)."""
     k, n = b.shape
     panels = -(-n // nr)
-    out = np.zeros((k, panels * nr), np.float32)
-    out[:, :n] = b
-    return np.ascontiguousarray(out.reshape(k, panels, nr).transpose(1, 0, 2)).reshape(-1)
+    if out is None:
+        out = np.empty(panels * k * nr, np.float32)
+    view = out.reshape(panels, k, nr)
+    for p in range(panels):
+        w = min(nr, n - p * nr)
+        view[p, :, :w] = b[:, p * nr:p * nr + w]
+        if w < nr:
+            view[p, :, w:] = 0.0
+    return out
 
 
 def bf16_pairs(x: np.ndarray, axis: int) -> np.ndarray:
@@ -239,11 +246,17 @@ def pack_a_const_bf16(a: np.ndarray, mr: int) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(panels, mr, kp).transpose(0, 2, 1)).reshape(-1)
 
 
-def pack_b_const_bf16(b: np.ndarray, nr: int) -> np.ndarray:
-    """B (K, N) -> panels (ceil(N/NR), ceil(K/2), NR) of bf16 pairs (uint32), zero columns past N."""
-    pairs = bf16_pairs(b, axis=0)  # (Kp, N)
-    kp, n = pairs.shape
-    panels = -(-n // nr)
-    out = np.zeros((kp, panels * nr), np.uint32)
-    out[:, :n] = pairs
-    return np.ascontiguousarray(out.reshape(kp, panels, nr).transpose(1, 0, 2)).reshape(-1)
+def pack_b_const_bf16(b: np.ndarray, nr: int, out: np.ndarray | None = None) -> np.ndarray:
+    """B (K, N) -> panels (ceil(N/NR), ceil(K/2), NR) of bf16 pairs (uint32), zero columns past N; panel by
+    panel, like :func:`pack_b_const`."""
+    k, n = b.shape
+    kp, panels = -(-k // 2), -(-n // nr)
+    if out is None:
+        out = np.empty(panels * kp * nr, np.uint32)
+    view = out.reshape(panels, kp, nr)
+    for p in range(panels):
+        w = min(nr, n - p * nr)
+        view[p, :, :w] = bf16_pairs(b[:, p * nr:p * nr + w], axis=0)
+        if w < nr:
+            view[p, :, w:] = 0
+    return out
