@@ -25,6 +25,10 @@ CASES = [
     ((1, 32, 28, 28), (64, 32, 1, 1), {"strides": [2, 2]}),
     ((3, 5, 6, 7), (9, 5, 2, 2), {}),
     ((1, 2, 5, 5), (3, 2, 5, 5), {"pads": [4, 4, 4, 4]}),
+    # depthwise rows of several 16-column runs, edges on both sides: stride 2, a 5x5 stride 1, dilation 2
+    ((2, 4, 30, 41), (4, 1, 3, 3), {"group": 4, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 3, 9, 37), (3, 1, 5, 5), {"group": 3, "pads": [2, 2, 2, 2]}),
+    ((1, 3, 9, 37), (3, 1, 3, 3), {"group": 3, "dilations": [2, 2], "pads": [2, 2, 2, 2]}),
 ]
 
 

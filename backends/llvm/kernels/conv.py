@@ -27,6 +27,7 @@ from ..kernel import F32, I64, KernelBuilder, Unsupported, builder_loop, fused_e
 from .gemm_driver import (ConstA, DirectB, c64, emit_gemm, for_bits, keep_out_of_line, pair_rows, plan_gemm,
                           runs_in_bf16, threads_of)
 from .microkernel import VEC, VT, splat
+from .window import Window, accumulate_row, supports
 from .tails import StoreTail, anchor_of, body_tail, check_no_overlap, const_in_body, width_of
 
 F32_DT = np.dtype(np.float32)
@@ -312,21 +313,10 @@ def _depthwise(kb: KernelBuilder, geo: ConvGeometry, x_ptr, w: np.ndarray, add_b
         xc = b.gep(x_ptr, [b.mul(b.add(b.mul(img, c64(geo.c)), ci), c64(geo.hw))], inbounds=True)
         wc = b.gep(w_ptr, [b.mul(co, c64(taps))], inbounds=True)
         with kb.for_range(0, geo.oh, name="oh") as oh:
-            _zero_fill(kb, row, c64(0), c64(geo.ow))
-            with kb.for_range(0, geo.kh, name="kh") as kh:
-                ih = b.add(b.mul(oh, c64(geo.sh)), b.sub(b.mul(kh, c64(geo.dh)), c64(geo.pt)))
-                with b.if_then(b.icmp_unsigned("<", ih, c64(geo.h))):
-                    xrow = b.gep(xc, [b.mul(ih, c64(geo.w))])
-                    for kw in range(geo.kw):
-                        lo_w, hi_w = geo.ow_range(kw)
-                        if lo_w >= hi_w:
-                            continue
-                        wv = b.load(b.gep(wc, [b.add(b.mul(kh, c64(geo.kw)), c64(kw))]), align=4)
-                        src = b.gep(xrow, [c64(kw * geo.dw - geo.pl)])
-                        with kb.for_range(lo_w, hi_w, name="ow") as ow:
-                            x = b.load(b.gep(src, [b.mul(ow, c64(geo.sw))]), align=4)
-                            dst = b.gep(row, [ow], inbounds=True)
-                            b.store(b.fadd(b.load(dst, align=4), b.fmul(wv, x)), dst, align=4)
+            if supports(geo.sw, geo.dw):
+                _depthwise_row_in_registers(kb, geo, xc, wc, oh, row)
+            else:
+                _depthwise_row_in_memory(kb, geo, xc, wc, oh, row)
             base = b.add(b.mul(u, c64(geo.ohw)), b.mul(oh, c64(geo.ow)))
             full, rem = divmod(geo.ow, VEC)
             for v in range(full):
@@ -336,6 +326,43 @@ def _depthwise(kb: KernelBuilder, geo: ConvGeometry, x_ptr, w: np.ndarray, add_b
                 with for_bits(kb, c64((1 << rem) - 1), c64(full * VEC)) as j:
                     x = b.load(b.gep(row, [j], inbounds=True), align=4)
                     tail.emit(b.add(base, j), add_bias(co, x))
+
+
+def _depthwise_row_in_memory(kb: KernelBuilder, geo: ConvGeometry, xc, wc, oh, row) -> None:
+    """Output row ``oh`` into ``row``, tap by tap over the columns each tap reaches (any stride/dilation)."""
+    b = kb.builder
+    _zero_fill(kb, row, c64(0), c64(geo.ow))
+    with kb.for_range(0, geo.kh, name="kh") as kh:
+        ih = b.add(b.mul(oh, c64(geo.sh)), b.sub(b.mul(kh, c64(geo.dh)), c64(geo.pt)))
+        with b.if_then(b.icmp_unsigned("<", ih, c64(geo.h))):
+            xrow = b.gep(xc, [b.mul(ih, c64(geo.w))])
+            for kw in range(geo.kw):
+                lo_w, hi_w = geo.ow_range(kw)
+                if lo_w >= hi_w:
+                    continue
+                wv = b.load(b.gep(wc, [b.add(b.mul(kh, c64(geo.kw)), c64(kw))]), align=4)
+                src = b.gep(xrow, [c64(kw * geo.dw - geo.pl)])
+                with kb.for_range(lo_w, hi_w, name="ow") as ow:
+                    x = b.load(b.gep(src, [b.mul(ow, c64(geo.sw))]), align=4)
+                    dst = b.gep(row, [ow], inbounds=True)
+                    b.store(b.fadd(b.load(dst, align=4), b.fmul(wv, x)), dst, align=4)
+
+
+def _depthwise_row_in_registers(kb: KernelBuilder, geo: ConvGeometry, xc, wc, oh, row) -> None:
+    """Output row ``oh`` into ``row``, 16 columns at a time accumulated in a register (column stride 1 or 2,
+    see window.py), taps in the same order and with the same multiply-then-add as the loop above."""
+    b = kb.builder
+    win = Window(geo.h, geo.w, geo.kh, geo.kw, geo.sh, geo.sw, geo.dh, geo.pt, geo.pl, geo.oh, geo.ow)
+    weights = [[splat(b, b.load(b.gep(wc, [c64(kh * geo.kw + kw)]), align=4)) for kw in range(geo.kw)]
+               for kh in range(geo.kh)]
+
+    def combine(acc, x, kh, kw):
+        return b.fadd(acc, b.fmul(weights[kh][kw], x))
+
+    with kb.for_range(0, win.vectors, name="v") as v:
+        ow0 = b.mul(v, c64(VEC))
+        acc = accumulate_row(kb, win, xc, oh, ow0, 0.0, combine)
+        b.store(acc, b.bitcast(b.gep(row, [ow0], inbounds=True), VT.as_pointer()), align=4)
 
 
 @node_emitter("Conv")

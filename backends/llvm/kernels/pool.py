@@ -1,10 +1,8 @@
 """MaxPool, AveragePool (1-D and 2-D windows), GlobalAveragePool and GlobalMaxPool on float32 NCHW tensors.
 
 Windowed pools: threads split the (image, channel) planes. With a column stride of 1 or 2 (and no column
-dilation), each run of 16 output columns is accumulated in a register over the window's taps, in the
-reference's order (kh outer, kw inner), and stored once: a tap is one masked vector load (stride 1) or two
-and a shuffle keeping the even lanes (stride 2); masked-off lanes (columns in the padding) read the identity
-(-inf for max, 0 for a sum), and a tap row in the padding is skipped. Other strides accumulate each output row
+dilation), each run of 16 output columns is accumulated in a register over the window's taps and stored once
+(:mod:`.window`; padding lanes read the identity: -inf for max, 0 for a sum). Other strides accumulate each output row
 in place in the output, tap by tap, over the output columns whose tap lies inside the input (the vectoriser
 turns those loops into gathers: slow, but rare). Either way a max starts at -inf and an average's sum at 0,
 which gives the reference's results exactly (its padded values are -inf and 0); the average's divisor table is
@@ -31,6 +29,7 @@ from ....ops.pooling import _window_count
 from ..kernel import F32, I1, I64, KernelBuilder, Unsupported, node_emitter
 from .gemm_driver import c64, keep_out_of_line
 from .microkernel import VEC, VT
+from .window import Window, accumulate_row, lane_mask, masked_load, masked_store, supports
 
 F32_DT = np.dtype(np.float32)
 NEG_INF = float("-inf")
@@ -92,7 +91,7 @@ def _window_pool(kb: KernelBuilder, node: Node, is_max: bool) -> None:
             divisor = kb.constant_array(count.reshape(-1))  # (OH*OW,), the same for every plane
     init = ir.Constant(F32, NEG_INF if is_max else 0.0)
     hw, ohw = geo.h * geo.w, geo.oh * geo.ow
-    if geo.sw in (1, 2) and geo.dw == 1:
+    if supports(geo.sw, geo.dw):
         _vector_rows(kb, geo, x_ptr, y_ptr, is_max, divisor)
         return
     lo, hi = kb.thread_range(geo.planes)
@@ -128,72 +127,29 @@ def _window_pool(kb: KernelBuilder, node: Node, is_max: bool) -> None:
 
 
 def _vector_rows(kb: KernelBuilder, geo: PoolGeometry, x_ptr, y_ptr, is_max: bool, divisor) -> None:
-    """The register-accumulating loop nest of the module docstring (column stride 1 or 2)."""
+    """The register-accumulating loop nest of the module docstring (column stride 1 or 2), see window.py."""
     b = kb.builder
-    i1v, i32 = ir.VectorType(I1, VEC), ir.IntType(32)
-    i32v = ir.VectorType(i32, VEC)
-    mload = kb.intrinsic("llvm.masked.load.v16f32.p0", VT, [VT.as_pointer(), i32, i1v, VT])
-    mstore = kb.intrinsic("llvm.masked.store.v16f32.p0", ir.VoidType(), [VT, VT.as_pointer(), i32, i1v])
-    identity = ir.Constant(VT, [NEG_INF if is_max else 0.0] * VEC)
-    lanes = [ir.Constant(i32v, list(range(k * VEC, (k + 1) * VEC))) for k in range(geo.sw)]
-    even = ir.Constant(i32v, list(range(0, 2 * VEC, 2)))
-    width = ir.Constant(i32v, [geo.w] * VEC)
-    zero_i = ir.Constant(i32v, [0] * VEC)
+    win = Window(geo.h, geo.w, geo.kh, geo.kw, geo.sh, geo.sw, geo.dh, geo.pt, geo.pl, geo.oh, geo.ow)
     hw, ohw = geo.h * geo.w, geo.oh * geo.ow
-    n_vec = -(-geo.ow // VEC)
-
-    def splat_i32(v):
-        vec = b.insert_element(ir.Constant(i32v, None), b.trunc(v, i32), ir.Constant(i32, 0))
-        return b.shuffle_vector(vec, ir.Constant(i32v, None), ir.Constant(i32v, [0] * VEC))
-
+    if is_max:
+        combine = lambda acc, x, kh, kw: nan_max(b, acc, x)  # noqa: E731
+    else:
+        combine = lambda acc, x, kh, kw: b.fadd(acc, x)  # noqa: E731
     lo, hi = kb.thread_range(geo.planes)
     with kb.for_range(lo, hi, name="plane") as pl:
         xp = b.gep(x_ptr, [b.mul(pl, c64(hw))], inbounds=True)
         yp = b.gep(y_ptr, [b.mul(pl, c64(ohw))], inbounds=True)
         with kb.for_range(0, geo.oh, name="oh") as oh:
-            with kb.for_range(0, n_vec, name="v") as v:
+            with kb.for_range(0, win.vectors, name="v") as v:
                 ow0 = b.mul(v, c64(VEC))
-                acc = identity
-                for kh in range(geo.kh):
-                    ih = b.add(b.mul(oh, c64(geo.sh)), c64(kh * geo.dh - geo.pt))
-                    inside = b.icmp_unsigned("<", ih, c64(geo.h))
-                    pre = b.block
-                    with b.if_then(inside):
-                        row = b.gep(xp, [b.mul(ih, c64(geo.w))])
-                        row_acc = acc
-                        for kw in range(geo.kw):
-                            c0 = b.add(b.mul(ow0, c64(geo.sw)), c64(kw - geo.pl))  # first column of the window
-                            parts = []
-                            for k in range(geo.sw):
-                                cols = b.add(splat_i32(c0), lanes[k])
-                                ok = b.and_(b.icmp_signed(">=", cols, zero_i), b.icmp_signed("<", cols, width))
-                                # masked lanes never touch memory: the address may lie before the row
-                                ptr = b.bitcast(b.gep(row, [b.add(c0, c64(k * VEC))]), VT.as_pointer())
-                                parts.append(b.call(mload, [ptr, ir.Constant(i32, 4), ok, identity]))
-                            x = parts[0] if geo.sw == 1 else b.shuffle_vector(parts[0], parts[1], even)
-                            row_acc = nan_max(b, row_acc, x) if is_max else b.fadd(row_acc, x)
-                        inner = b.block
-                    merged = b.phi(VT)
-                    merged.add_incoming(row_acc, inner)
-                    merged.add_incoming(acc, pre)
-                    acc = merged
+                acc = accumulate_row(kb, win, xp, oh, ow0, NEG_INF if is_max else 0.0, combine)
                 base = b.add(b.mul(oh, c64(geo.ow)), ow0)
-                if divisor is not None:
-                    if isinstance(divisor, ir.Constant):
-                        d = ir.Constant(VT, [float(divisor.constant)] * VEC)
-                    else:  # the table has OH*OW entries: the last vector's lanes past OW are masked
-                        d = None
-                acc_out = acc
-                left = b.sub(c64(geo.ow), ow0)
-                bits = b.trunc(b.sub(b.shl(c64(1), kb.umin(left, c64(VEC))), c64(1)), ir.IntType(VEC))
-                store_mask = b.bitcast(bits, i1v)
-                if divisor is not None and d is None:
-                    dptr = b.bitcast(b.gep(divisor, [base], inbounds=True), VT.as_pointer())
-                    d = b.call(mload, [dptr, ir.Constant(i32, 4), store_mask, ir.Constant(VT, [1.0] * VEC)])
-                if divisor is not None:
-                    acc_out = b.fdiv(acc, d)
-                dst = b.bitcast(b.gep(yp, [base], inbounds=True), VT.as_pointer())
-                b.call(mstore, [acc_out, dst, ir.Constant(i32, 4), store_mask])
+                mask = lane_mask(kb, ow0, geo.ow)
+                if isinstance(divisor, ir.Constant):
+                    acc = b.fdiv(acc, ir.Constant(VT, [float(divisor.constant)] * VEC))
+                elif divisor is not None:  # the table has OH*OW entries: lanes past OW are masked
+                    acc = b.fdiv(acc, masked_load(kb, b.gep(divisor, [base], inbounds=True), mask, 1.0))
+                masked_store(kb, acc, b.gep(yp, [base], inbounds=True), mask)
 
 
 @node_emitter("MaxPool")
