@@ -44,3 +44,33 @@ def json_paths(doc, prefix=()):
     elif isinstance(doc, list):
         for i, v in enumerate(doc):
             yield from json_paths(v, prefix + (i,))
+
+
+def artifact_parts(path) -> dict[str, bytes]:
+    """Every member of an artifact (a zip), by name."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def write_artifact_parts(path, parts: dict[str, bytes]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in parts.items():
+            zf.writestr(n, data)
+
+
+def rewrite_artifact_part(path, name, mutate, rehash=False) -> None:
+    """Replace part ``name`` by ``mutate(bytes)``; with ``rehash`` also fix its checksum in the manifest."""
+    import hashlib
+    import json
+
+    parts = artifact_parts(path)
+    parts[name] = mutate(parts[name])
+    if rehash:
+        manifest = json.loads(parts["manifest.json"])
+        manifest["parts"][name] = {"sha256": hashlib.sha256(parts[name]).hexdigest(), "size": len(parts[name])}
+        parts["manifest.json"] = json.dumps(manifest).encode()
+    write_artifact_parts(path, parts)

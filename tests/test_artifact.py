@@ -22,7 +22,10 @@ from graphc.ir.types import SequenceType, TensorType
 from graphc.ir.verify import verify
 from graphc.options import CompileOptions
 from graphc.plan import Plan
+from tests.helpers import artifact_parts as _parts
 from tests.helpers import json_paths, mlp_model, mlp_reference
+from tests.helpers import rewrite_artifact_part as _rewrite
+from tests.helpers import write_artifact_parts as _write
 
 
 @pytest.fixture(scope="module")
@@ -35,28 +38,6 @@ def mlp_artifact(mlp, tmp_path):
     path = tmp_path / "mlp.gcx"
     graphc.compile(mlp, target="reference").save(path)
     return path
-
-
-def _parts(path) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as zf:
-        return {n: zf.read(n) for n in zf.namelist()}
-
-
-def _write(path, parts: dict[str, bytes]) -> None:
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, data in parts.items():
-            zf.writestr(n, data)
-
-
-def _rewrite(path, name, mutate, rehash=False):
-    """Replace part ``name`` by ``mutate(bytes)``; with ``rehash`` also fix its checksum in the manifest."""
-    parts = _parts(path)
-    parts[name] = mutate(parts[name])
-    if rehash:
-        manifest = json.loads(parts["manifest.json"])
-        manifest["parts"][name] = {"sha256": hashlib.sha256(parts[name]).hexdigest(), "size": len(parts[name])}
-        parts["manifest.json"] = json.dumps(manifest).encode()
-    _write(path, parts)
 
 
 def _edit_json(path, name, edit):

@@ -15,7 +15,9 @@ from onnx import TensorProto, helper
 
 import graphc
 from graphc.errors import ArtifactError, ExecutionError
+from tests.helpers import artifact_parts as _parts
 from tests.helpers import json_paths
+from tests.helpers import rewrite_artifact_part as _rewrite
 
 pytest.importorskip("llvmlite")
 
@@ -78,23 +80,6 @@ def rich(tmp_path_factory):
     m = graphc.compile(_rich_model(), target="llvm", threads=2)
     path = m.save(tmp_path_factory.mktemp("rich") / "rich.gcx")
     return m, path
-
-
-def _parts(path) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as zf:
-        return {n: zf.read(n) for n in zf.namelist()}
-
-
-def _rewrite(path, name, mutate, rehash=False):
-    parts = _parts(path)
-    parts[name] = mutate(parts[name])
-    if rehash:
-        manifest = json.loads(parts["manifest.json"])
-        manifest["parts"][name] = {"sha256": hashlib.sha256(parts[name]).hexdigest(), "size": len(parts[name])}
-        parts["manifest.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, data in parts.items():
-            zf.writestr(n, data)
 
 
 def _edit_json(path, name, edit):

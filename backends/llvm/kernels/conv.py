@@ -27,7 +27,7 @@ from ..kernel import F32, I64, KernelBuilder, Unsupported, builder_loop, fused_e
 from .gemm_driver import (ConstA, DirectB, c64, emit_gemm, for_bits, keep_out_of_line, pair_rows, plan_gemm,
                           runs_in_bf16, threads_of)
 from .microkernel import VEC, VT, splat
-from .window import Window, accumulate_row, supports
+from .window import Window, accumulate_row, for_each_tap, supports
 from .tails import StoreTail, anchor_of, body_tail, check_no_overlap, const_in_body, width_of
 
 F32_DT = np.dtype(np.float32)
@@ -72,13 +72,6 @@ class ConvGeometry:
         self.pointwise = (self.kh == self.kw == 1 and self.sh == self.sw == 1 and self.pt == self.pl == 0
                           and self.oh == self.h and self.ow == self.w)
 
-    def ow_range(self, kw: int) -> tuple[int, int]:
-        """The output columns [lo, hi) whose tap ``kw`` reads inside the input row."""
-        off = kw * self.dw - self.pl
-        lo = 0 if off >= 0 else (-off + self.sw - 1) // self.sw
-        hi = 0 if self.w - off <= 0 else -(-(self.w - off) // self.sw)
-        lo, hi = min(max(lo, 0), self.ow), min(max(hi, 0), self.ow)
-        return lo, max(lo, hi)
 
 
 def _zero_fill(kb: KernelBuilder, dst, lo, hi) -> None:
@@ -332,20 +325,13 @@ def _depthwise_row_in_memory(kb: KernelBuilder, geo: ConvGeometry, xc, wc, oh, r
     """Output row ``oh`` into ``row``, tap by tap over the columns each tap reaches (any stride/dilation)."""
     b = kb.builder
     _zero_fill(kb, row, c64(0), c64(geo.ow))
-    with kb.for_range(0, geo.kh, name="kh") as kh:
-        ih = b.add(b.mul(oh, c64(geo.sh)), b.sub(b.mul(kh, c64(geo.dh)), c64(geo.pt)))
-        with b.if_then(b.icmp_unsigned("<", ih, c64(geo.h))):
-            xrow = b.gep(xc, [b.mul(ih, c64(geo.w))])
-            for kw in range(geo.kw):
-                lo_w, hi_w = geo.ow_range(kw)
-                if lo_w >= hi_w:
-                    continue
-                wv = b.load(b.gep(wc, [b.add(b.mul(kh, c64(geo.kw)), c64(kw))]), align=4)
-                src = b.gep(xrow, [c64(kw * geo.dw - geo.pl)])
-                with kb.for_range(lo_w, hi_w, name="ow") as ow:
-                    x = b.load(b.gep(src, [b.mul(ow, c64(geo.sw))]), align=4)
-                    dst = b.gep(row, [ow], inbounds=True)
-                    b.store(b.fadd(b.load(dst, align=4), b.fmul(wv, x)), dst, align=4)
+
+    def accumulate(kh, kw, ow, x):
+        wv = b.load(b.gep(wc, [b.add(b.mul(kh, c64(geo.kw)), c64(kw))]), align=4)
+        dst = b.gep(row, [ow], inbounds=True)
+        b.store(b.fadd(b.load(dst, align=4), b.fmul(wv, x)), dst, align=4)
+
+    for_each_tap(kb, geo, xc, oh, accumulate)
 
 
 def _depthwise_row_in_registers(kb: KernelBuilder, geo: ConvGeometry, xc, wc, oh, row) -> None:

@@ -29,7 +29,7 @@ from ....ops.pooling import _window_count
 from ..kernel import F32, I1, I64, KernelBuilder, Unsupported, node_emitter
 from .gemm_driver import c64, keep_out_of_line
 from .microkernel import VEC, VT
-from .window import Window, accumulate_row, lane_mask, masked_load, masked_store, supports
+from .window import Window, accumulate_row, for_each_tap, lane_mask, masked_load, masked_store, supports
 
 F32_DT = np.dtype(np.float32)
 NEG_INF = float("-inf")
@@ -61,12 +61,6 @@ class PoolGeometry:
         if self.kw > 32:
             raise Unsupported("window too wide to unroll")
 
-    def ow_range(self, kw: int) -> tuple[int, int]:
-        off = kw * self.dw - self.pl
-        lo = 0 if off >= 0 else (-off + self.sw - 1) // self.sw
-        hi = 0 if self.w - off <= 0 else -(-(self.w - off) // self.sw)
-        lo, hi = min(max(lo, 0), self.ow), min(max(hi, 0), self.ow)
-        return lo, max(lo, hi)
 
 
 def _window_pool(kb: KernelBuilder, node: Node, is_max: bool) -> None:
@@ -102,20 +96,13 @@ def _window_pool(kb: KernelBuilder, node: Node, is_max: bool) -> None:
             yrow = b.gep(yp, [b.mul(oh, c64(geo.ow))], inbounds=True)
             with kb.for_range(0, geo.ow, name="fill") as j:
                 b.store(init, b.gep(yrow, [j], inbounds=True), align=4)
-            with kb.for_range(0, geo.kh, name="kh") as kh:
-                ih = b.add(b.mul(oh, c64(geo.sh)), b.sub(b.mul(kh, c64(geo.dh)), c64(geo.pt)))
-                with b.if_then(b.icmp_unsigned("<", ih, c64(geo.h))):
-                    xrow = b.gep(xp, [b.mul(ih, c64(geo.w))])
-                    for kw in range(geo.kw):
-                        lo_w, hi_w = geo.ow_range(kw)
-                        if lo_w >= hi_w:
-                            continue
-                        src = b.gep(xrow, [c64(kw * geo.dw - geo.pl)])
-                        with kb.for_range(lo_w, hi_w, name="ow") as ow:
-                            x = b.load(b.gep(src, [b.mul(ow, c64(geo.sw))]), align=4)
-                            dst = b.gep(yrow, [ow], inbounds=True)
-                            acc = b.load(dst, align=4)
-                            b.store(nan_max(b, acc, x) if is_max else b.fadd(acc, x), dst, align=4)
+
+            def accumulate(kh, kw, ow, x):
+                dst = b.gep(yrow, [ow], inbounds=True)
+                acc = b.load(dst, align=4)
+                b.store(nan_max(b, acc, x) if is_max else b.fadd(acc, x), dst, align=4)
+
+            for_each_tap(kb, geo, xp, oh, accumulate)
             if divisor is not None:
                 with kb.for_range(0, geo.ow, name="div") as j:
                     dst = b.gep(yrow, [j], inbounds=True)

@@ -102,6 +102,35 @@ def accumulate_row(kb: KernelBuilder, win: Window, plane: ir.Value, oh: ir.Value
     return acc
 
 
+def tap_columns(geo, kw: int) -> tuple[int, int]:
+    """The output columns ``[lo, hi)`` whose tap ``kw`` reads inside the input row (``geo``: any object with
+    ``w, sw, dw, pl, ow``; pools' and convs' geometries)."""
+    off = kw * geo.dw - geo.pl
+    lo = 0 if off >= 0 else (-off + geo.sw - 1) // geo.sw
+    hi = 0 if geo.w - off <= 0 else -(-(geo.w - off) // geo.sw)
+    lo, hi = min(max(lo, 0), geo.ow), min(max(hi, 0), geo.ow)
+    return lo, max(lo, hi)
+
+
+def for_each_tap(kb: KernelBuilder, geo, plane: ir.Value, oh: ir.Value,
+                 body: Callable[[ir.Value, int, ir.Value, ir.Value], None]) -> None:
+    """The plain loop nest for any stride and dilation: for every tap (kh outer, kw inner) whose input row lies
+    inside, ``body(kh, kw, ow, x)`` for each output column ``ow`` the tap reaches, ``x`` the input it reads
+    (``geo`` also needs ``h, kh, kw, sh, dh, pt``)."""
+    b = kb.builder
+    with kb.for_range(0, geo.kh, name="kh") as kh:
+        ih = b.add(b.mul(oh, c64(geo.sh)), b.sub(b.mul(kh, c64(geo.dh)), c64(geo.pt)))
+        with b.if_then(b.icmp_unsigned("<", ih, c64(geo.h))):
+            xrow = b.gep(plane, [b.mul(ih, c64(geo.w))])
+            for kw in range(geo.kw):
+                lo_w, hi_w = tap_columns(geo, kw)
+                if lo_w >= hi_w:
+                    continue
+                src = b.gep(xrow, [c64(kw * geo.dw - geo.pl)])
+                with kb.for_range(lo_w, hi_w, name="ow") as ow:
+                    body(kh, kw, ow, b.load(b.gep(src, [b.mul(ow, c64(geo.sw))]), align=4))
+
+
 def masked_store(kb: KernelBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
     mstore = kb.intrinsic("llvm.masked.store.v16f32.p0", ir.VoidType(), [VT, VT.as_pointer(), I32, MASK])
     kb.builder.call(mstore, [value, kb.builder.bitcast(ptr, VT.as_pointer()), ir.Constant(I32, 4), mask])
@@ -113,4 +142,5 @@ def masked_load(kb: KernelBuilder, ptr: ir.Value, mask: ir.Value, fill: float = 
                                    ir.Constant(VT, [fill] * VEC)])
 
 
-__all__ = ["Window", "supports", "accumulate_row", "lane_mask", "masked_store", "masked_load", "F32"]
+__all__ = ["Window", "supports", "accumulate_row", "for_each_tap", "tap_columns", "lane_mask", "masked_store",
+           "masked_load", "F32"]
