@@ -40,7 +40,7 @@ on trial copies of the graph; the real graph is changed only by an accepted tria
 - **bottleneck**: when the predicted bottleneck exceeds ``tensor_split_tolerance`` (1.02) x its lower bound
   ``max(total / stages, largest kernel)``, the splittable kernels nearest each stage boundary (one on each
   side), together or one alone, are cut into ``k = ceil(time / (1% of the bound))`` slices, k capped at 2, 4
-  and ``tensor_split_max_slices`` (8) in turn; the trial with the best predicted throughput is kept when it
+  and ``tensor_split_max_slices`` (16) in turn; the trial with the best predicted throughput is kept when it
   improves on the current one by more than 1%. Up to four rounds.
   This is what lets the chain DP move part of a boundary kernel to the next stage.
 
