@@ -19,6 +19,7 @@ A subclass implements ``start()``, ``close()`` and ``_stream(batches)``, keeps i
 
 from __future__ import annotations
 
+import abc
 import graphlib
 import threading
 import weakref
@@ -91,7 +92,7 @@ def _close_pool(state: dict) -> None:
         pool.close()
 
 
-class PartitionedExecutable:
+class PartitionedExecutable(abc.ABC):
     """``run(inputs) -> outputs`` like every Executable, plus ``run_stream(batches)`` to pipeline a stream of
     input lists. Workers start at the first run."""
 
@@ -141,8 +142,9 @@ class PartitionedExecutable:
         dev = self.device_of(device)
         return list(dev.cores) if dev is not None and dev.kind == "cpu" else []
 
+    @abc.abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the workers (processes or actors) if they are not running."""
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -182,8 +184,9 @@ class PartitionedExecutable:
                 self.close()  # the workers' state is unknown: the next run starts fresh ones
                 raise
 
+    @abc.abstractmethod
     def _stream(self, batches: list[list]) -> list[list]:
-        raise NotImplementedError
+        """Push ``batches`` through the started workers; the outputs of each, in order."""
 
     def assemble_outputs(self, inputs: list, stage_value: Callable[[int, str], Any]) -> list:
         """The graph outputs of one micro-batch, in order: constants and passed-through inputs copied here,
