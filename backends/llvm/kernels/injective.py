@@ -37,7 +37,7 @@ from ....ops.elementwise import cast_array
 from ....ops.tensor import (UNKNOWN_VALUE, _pad_operands, _slice_args, _slice_operands, _split_sizes, int_list,
                             moved_operand, slice_bounds)
 from ..kernel import I64, KernelBuilder, Unsupported, llvm_type, node_emitter
-from .pointwise import broadcast_strides, collapse
+from .pointwise import broadcast_strides, collapse, row_pieces
 
 TILE = 32
 
@@ -113,14 +113,7 @@ def _rows(kb, src, ss, dst, ds, dims) -> None:
     pieces = min(-(-64 // rows), inner // 4096) if rows < 64 and inner >= 8192 else 1
     pieces = max(pieces, 1)
     chunk = -(-inner // pieces)
-    lo, hi = kb.thread_range(rows * pieces)
-    with kb.for_range(lo, hi, name="row") as item:
-        if pieces > 1:
-            row = b.udiv(item, kb.i64(pieces))
-            j0 = b.mul(b.urem(item, kb.i64(pieces)), kb.i64(chunk))
-            j1 = kb.umin(b.add(j0, kb.i64(chunk)), kb.i64(inner))
-        else:
-            row, j0, j1 = item, kb.i64(0), kb.i64(inner)
+    with row_pieces(kb, rows, inner, pieces, chunk) as (row, j0, j1):
         so, do = _offsets(kb, outer, [ss[:-1], ds[:-1]], row) if outer else (kb.i64(0), kb.i64(0))
         s_row = b.gep(src, [so])
         d_row = b.gep(dst, [do])

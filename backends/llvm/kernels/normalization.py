@@ -75,8 +75,9 @@ def _output(node, i):
     return node.outputs[i] if len(node.outputs) > i and node.outputs[i] is not None else None
 
 
-@node_emitter("LayerNormalization")
-def emit_layer_norm(kb, node) -> None:
+def _trailing_rows(kb, node):
+    """(x, y, dtype, ctx, axis, layout) of a LayerNormalization/RMSNormalization node, normalising over the
+    axes from ``axis`` on: one row per leading index (declined: scalars, a dtype change, empty rows)."""
     x, y = node.inputs[0], node.outputs[0]
     dtype = float_dtype(kb.dtype(x))
     shape = kb.shape(x)
@@ -87,10 +88,16 @@ def emit_layer_norm(kb, node) -> None:
     if not -len(shape) <= axis < len(shape):
         raise Unsupported("axis out of range")
     axis %= len(shape)
-    norm_shape = tuple(shape[axis:])
     layout = layout_of(shape, range(axis, len(shape)))
     if layout.count == 0 or layout.column and layout.count != 1:
         raise Unsupported("empty rows")
+    return x, y, dtype, ctx, axis, layout
+
+
+@node_emitter("LayerNormalization")
+def emit_layer_norm(kb, node) -> None:
+    x, y, dtype, ctx, axis, layout = _trailing_rows(kb, node)
+    norm_shape = tuple(kb.shape(x)[axis:])
     ar = Arith(kb, dtype)
     scale = _param(kb, node.inputs[1], dtype, norm_shape)
     bias_v = _optional(node, 2)
@@ -271,20 +278,8 @@ def emit_mvn(kb, node) -> None:
 @node_emitter("RMSNormalization")
 def emit_rms_norm(kb, node) -> None:
     """y = x / sqrt(sum(x^2) / n + eps) * scale over the axes from ``axis`` on (the reference's order)."""
-    x, y = node.inputs[0], node.outputs[0]
-    dtype = float_dtype(kb.dtype(x))
-    shape = kb.shape(x)
-    if not shape or kb.dtype(y) != dtype:
-        raise Unsupported("scalar input or dtype change")
-    ctx = node_context(node)
-    axis = int(ctx.attr("axis"))
-    if not -len(shape) <= axis < len(shape):
-        raise Unsupported("axis out of range")
-    axis %= len(shape)
-    layout = layout_of(shape, range(axis, len(shape)))
-    if layout.count == 0 or layout.column and layout.count != 1:
-        raise Unsupported("empty rows")
-    scale = _param(kb, node.inputs[1], dtype, tuple(shape[axis:]))
+    x, y, dtype, ctx, axis, layout = _trailing_rows(kb, node)
+    scale = _param(kb, node.inputs[1], dtype, tuple(kb.shape(x)[axis:]))
     count, eps = layout.count, float(ctx.attr("epsilon"))
     rms = Stat(0, "add", lambda ar, x, v, p: ar.mul(x, x),
                lambda ar, s, v: ar.sqrt(ar.add(ar.div(s, ar.const(count)), ar.const(eps))))

@@ -23,6 +23,7 @@ different shapes, a node whose shape does not broadcast to the outputs', dtypes 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -248,6 +249,23 @@ def _typed_vector_ptr(b: ir.IRBuilder, p: ir.Value, width: int) -> ir.Value:
     return b.bitcast(p, ir.VectorType(p.type.pointee, width).as_pointer())
 
 
+@contextlib.contextmanager
+def row_pieces(kb: KernelBuilder, rows: int, inner: int, pieces: int, chunk: int):
+    """This thread's share of ``rows`` rows of ``inner`` elements, each row cut into ``pieces`` pieces of
+    ``chunk`` (so that few long rows still spread over the threads): the block runs once per piece with
+    ``(row, j0, j1)``, the row index and the piece's element range."""
+    b = kb.builder
+    lo, hi = kb.thread_range(rows * pieces)
+    with kb.for_range(lo, hi, name="item") as item:
+        if pieces > 1:
+            row = b.udiv(item, kb.i64(pieces))
+            j0 = b.mul(b.urem(item, kb.i64(pieces)), kb.i64(chunk))
+            j1 = kb.umin(b.add(j0, kb.i64(chunk)), kb.i64(inner))
+        else:
+            row, j0, j1 = item, kb.i64(0), kb.i64(inner)
+        yield row, j0, j1
+
+
 def emit_pointwise(kb: KernelBuilder, pb: PointwiseBody) -> None:
     """The loop nest of the module docstring, storing ``pb.outputs`` (see :class:`PointwiseBody`)."""
     shape = pb.shape
@@ -271,14 +289,7 @@ def emit_pointwise(kb: KernelBuilder, pb: PointwiseBody) -> None:
     chunk = -(-inner // pieces)
     chunk = -(-chunk // width) * width
     pieces = -(-inner // chunk)
-    lo, hi = kb.thread_range(rows * pieces)
-    with kb.for_range(lo, hi, name="item") as item:
-        if pieces > 1:
-            row = b.udiv(item, kb.i64(pieces))
-            j0 = b.mul(b.urem(item, kb.i64(pieces)), kb.i64(chunk))
-            j1 = kb.umin(b.add(j0, kb.i64(chunk)), kb.i64(inner))
-        else:
-            row, j0, j1 = item, kb.i64(0), kb.i64(inner)
+    with row_pieces(kb, rows, inner, pieces, chunk) as (row, j0, j1):
         # the row's start in each operand
         bases = [kb.i64(0) for _ in ptrs]
         rest = row
