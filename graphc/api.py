@@ -18,9 +18,16 @@ def compile(model: Any, *, target: str | None = None, devices: Any = None, preci
     bundled with the onnx package, see :mod:`graphc.zoo`), or a ``torch.nn.Module`` with ``example_inputs=``.
     ``target`` is ``"llvm"``, ``"cuda"`` or ``"reference"``; None picks the best one this build has.
     ``cache``: True, False or a directory (see :mod:`graphc.cache`); None uses ``$GRAPHC_CACHE_DIR`` when set.
+    With several ``devices``, ``partition_calibration="measure"`` first times the model's kernels on one of
+    them (:mod:`graphc.calibration`) so that the partitioner balances measured, not nominal, kernel times.
     """
     from .cache import compile_cached
 
+    if options.get("partition_calibration") == "measure" and devices is not None:
+        from .calibration import measure_calibration
+
+        options["partition_calibration"] = measure_calibration(
+            model, devices, target=target or "llvm", precision=precision, **options)
     opts = CompileOptions.build(target=target, devices=devices, precision=precision, **options)
     return compile_cached(model, opts, cache)
 

@@ -6,10 +6,14 @@
   external inputs/outputs as bytes). ``scale`` (1 by default) is the device's calibration;
 - **transfer time** of a tensor over a link = ``latency + bytes / bandwidth``;
 - **calibration**: :func:`time_kernels` measures each top-level kernel of a graph with the reference ops (or
-  any per-kernel times the caller measured with another backend), :func:`fit_scale` fits
-  ``measured = scale x roofline + overhead`` by least squares, and :func:`calibrate` returns the device with
-  both set. The roofline ranks kernels well but its absolute level is the backend's, not the silicon's: numpy
-  on one core reaches a small fraction of 165 GFLOP/s, which is what the scale captures.
+  any per-kernel times the caller measured with another backend: graphc/calibration.py profiles the llvm
+  code), :func:`fit_scale` fits ``measured = scale x roofline + overhead`` by least squares, and
+  :func:`calibrate` returns the device with both set, plus each measured kernel's own ratio
+  ``measured / roofline`` (``Device.kernel_scales``). The roofline ranks kernels well but its absolute level is
+  the backend's, not the silicon's, and it differs by kernel: a generated conv reaches 70-90% of a core's
+  peak, a pooling kernel far less of its memory roofline. One scale for all mispredicts a stage by tens of
+  percent; the per-kernel ratio predicts the model it was measured on (and its tensor-split slices, which
+  share their kernel's ratio) while the fitted scale covers kernels it has not seen.
 
 Symbolic dims are bound to a micro-batch size (:func:`kernel_costs` with ``batch=m``); with ``batch=1`` this is
 what ``report()`` counts.
@@ -18,6 +22,7 @@ what ``report()`` counts.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, Sequence
@@ -94,10 +99,29 @@ def roofline_time(k: KernelCost, device: Device) -> float:
     return max(k.flops / device.peak(k.dtype), k.bytes / device.memory_bandwidth)
 
 
+_SLICE_SUFFIX = re.compile(r"_s\d+$")
+
+
+def kernel_scale(name: str, device: Device) -> float | None:
+    """The measured ratio of the kernel ``name`` on ``device``, if it was calibrated: its own, or for a slice the
+    tensor-split pass made (``<kernel>_s<i>``) that of the kernel it was cut from."""
+    scales = device.kernel_scales
+    if not scales:
+        return None
+    found = scales.get(name)
+    if found is None and _SLICE_SUFFIX.search(name):
+        found = scales.get(_SLICE_SUFFIX.sub("", name))
+    return found
+
+
 def kernel_time(k: KernelCost, device: Device) -> float:
-    """Predicted seconds of one kernel on ``device`` (calibrated roofline + launch overhead)."""
+    """Predicted seconds of one kernel on ``device``: its measured ratio x roofline when it was calibrated
+    (the measurement already holds its launch cost), else calibrated roofline + launch overhead."""
     if k.flops == 0 and k.bytes == 0:
         return 0.0
+    own = kernel_scale(k.name, device)
+    if own is not None:
+        return own * roofline_time(k, device)
     return device.scale * roofline_time(k, device) + device.launch_overhead_s
 
 
@@ -129,18 +153,20 @@ def fit_scale(predicted: Sequence[float], measured: Sequence[float]) -> tuple[fl
     return float(scale), float(overhead)
 
 
-def calibrate(device: Device, kernels: Sequence[KernelCost], measured_s: Mapping[str, float] | Sequence[float]
-              ) -> Device:
-    """``device`` with ``scale`` and ``launch_overhead_s`` fitted to measured per-kernel seconds.
+def calibrate(device: Device, kernels: Sequence[KernelCost], measured_s: Mapping[str, float] | Sequence[float],
+              per_kernel: bool = True) -> Device:
+    """``device`` with ``scale`` and ``launch_overhead_s`` fitted to measured per-kernel seconds, and with
+    ``kernel_scales`` (each measured kernel's measured / roofline) when ``per_kernel``.
 
     ``measured_s`` maps kernel names to seconds (or lists them in the order of ``kernels``)."""
     if isinstance(measured_s, Mapping):
-        pairs = [(roofline_time(k, device), measured_s[k.name]) for k in kernels if k.name in measured_s]
+        named = [(k, measured_s[k.name]) for k in kernels if k.name in measured_s]
     else:
-        pairs = [(roofline_time(k, device), t) for k, t in zip(kernels, measured_s)]
-    pairs = [(p, t) for p, t in pairs if p > 0]
-    scale, overhead = fit_scale([p for p, _ in pairs], [t for _, t in pairs])
-    return replace(device, scale=scale, launch_overhead_s=overhead)
+        named = list(zip(kernels, measured_s))
+    named = [(k, float(t)) for k, t in named if roofline_time(k, device) > 0 and np.isfinite(t) and t > 0]
+    scale, overhead = fit_scale([roofline_time(k, device) for k, _ in named], [t for _, t in named])
+    own = {k.name: t / roofline_time(k, device) for k, t in named} if per_kernel else {}
+    return replace(device, scale=scale, launch_overhead_s=overhead, kernel_scales=own)
 
 
 def time_kernels(graph: Graph, feeds: Sequence[Any], repeat: int = 3) -> dict[str, float]:
@@ -179,5 +205,5 @@ def calibrate_on(graph: Graph, feeds: Sequence[Any], device: Device, repeat: int
     return calibrate(device, kernel_costs(graph), measured)
 
 
-__all__ = ["KernelCost", "kernel_costs", "kernel_time", "roofline_time", "transfer_time", "fit_scale",
+__all__ = ["KernelCost", "kernel_costs", "kernel_time", "kernel_scale", "roofline_time", "transfer_time", "fit_scale",
            "calibrate", "time_kernels", "calibrate_on", "symbolic_dims_bound", "is_transfer"]

@@ -59,6 +59,9 @@ class Device:
     cores: list[int] = field(default_factory=list)  # CPU cores a worker for this device is pinned to
     overlaps_transfers: bool = False         # copy engines: transfers run beside compute (GPUs)
     scale: float = 1.0                       # calibration: measured / roofline (graphc.costmodel.calibrate)
+    #: per-kernel calibration of one model: kernel name -> its measured time / its roofline time (overrides
+    #: ``scale`` for that kernel; graphc.costmodel.calibrate fills it from measured kernel times)
+    kernel_scales: dict[str, float] = field(default_factory=dict)
 
     def peak(self, dtype: str = "fp32") -> float:
         return float(self.peak_flops.get(dtype) or self.peak_flops.get("fp32") or 1.0)
@@ -152,9 +155,10 @@ class DeviceSet:
     @property
     def homogeneous(self) -> bool:
         first = self.devices[0]
-        return all((d.kind, d.peak_flops, d.memory_bandwidth, d.memory_bytes, d.scale, d.launch_overhead_s)
+        return all((d.kind, d.peak_flops, d.memory_bandwidth, d.memory_bytes, d.scale, d.launch_overhead_s,
+                    d.kernel_scales)
                    == (first.kind, first.peak_flops, first.memory_bandwidth, first.memory_bytes, first.scale,
-                       first.launch_overhead_s) for d in self.devices)
+                       first.launch_overhead_s, first.kernel_scales) for d in self.devices)
 
     # -- (de)serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -216,13 +220,19 @@ def _device_from(doc: Any, where: str) -> Device:
     cores = doc.get("cores", [])
     if not isinstance(cores, list) or not all(isinstance(c, int) and c >= 0 for c in cores):
         raise OptionError(f"{where}: 'cores' must be a list of core numbers")
+    own = doc.get("kernel_scales") or {}
+    if not isinstance(own, dict):
+        raise OptionError(f"{where}: 'kernel_scales' must be a table of kernel name -> measured / roofline")
+    for k in list(own):
+        _number(own, k, f"{where}: kernel_scales")
     return Device(name=name, kind=kind, peak_flops={k: float(v) for k, v in peaks.items()},
                   memory_bandwidth=float(_number(doc, "memory_bandwidth", where)),
                   memory_bytes=int(_number(doc, "memory_bytes", where)),
                   launch_overhead_s=float(_number(doc, "launch_overhead_s", where, 2e-6, positive=False)),
                   host=str(doc.get("host", "local")), cores=list(cores),
                   overlaps_transfers=bool(doc.get("overlaps_transfers", kind != "cpu")),
-                  scale=float(_number(doc, "scale", where, 1.0)))
+                  scale=float(_number(doc, "scale", where, 1.0)),
+                  kernel_scales={str(k): float(v) for k, v in own.items()})
 
 
 def _link_from(doc: Any, where: str) -> Link:

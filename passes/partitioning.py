@@ -41,8 +41,10 @@ Rules:
   throughput: ``R m / bottleneck`` for a stream of batches (``partition_batch`` None), else
   ``B / (latency + (ceil(B / (R m)) - 1) x bottleneck)``. Ties go to the smaller peak memory.
   ``partition_stages``, ``partition_replicas`` and ``partition_micro_batch`` force a choice;
-- **calibration**: ``partition_calibration`` = ``{device name or kind: {"scale": s, "launch_overhead_s": o}}``
-  (from :func:`graphc.costmodel.calibrate`) replaces the nominal numbers.
+- **calibration**: ``partition_calibration`` = ``{device name or kind: {"scale": s, "launch_overhead_s": o,
+  "kernel_scales": {kernel: ratio}}}`` (from :func:`graphc.costmodel.calibrate`, or measured on this host by
+  :func:`graphc.calibration.measure_calibration`; ``"measure"`` asks ``graphc.compile`` to do that first)
+  replaces the nominal numbers.
 
 Everything chosen goes into one decision with ``summary=True`` whose ``partition`` entry is
 ``report()["partition"]``: per device (ops, flops, weights/peak/capacity bytes, compute/transfer/predicted
@@ -319,7 +321,8 @@ class Model:
         self._tables: RangeTables | None = None
 
     def times(self, device: Device) -> np.ndarray:
-        key = repr((device.peak_flops, device.memory_bandwidth, device.scale, device.launch_overhead_s))
+        key = repr((device.peak_flops, device.memory_bandwidth, device.scale, device.launch_overhead_s,
+                    sorted(device.kernel_scales.items())))
         t = self._times.get(key)
         if t is None:
             t = self._times[key] = np.array([kernel_time(k, device) for k in self.f.kernels])
@@ -511,8 +514,13 @@ def _apply_calibration(devset: DeviceSet, calibration: Any) -> DeviceSet:
         if entry is not None:
             if not isinstance(entry, dict) or not float(entry.get("scale", 1.0)) > 0:
                 raise OptionError(f"partition_calibration[{d.name!r}] must be a dict with a positive 'scale'")
+            own = entry.get("kernel_scales") or {}
+            if not isinstance(own, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in own.values()):
+                raise OptionError(f"partition_calibration[{d.name!r}]['kernel_scales'] must map kernel names to "
+                                  f"positive ratios (measured / roofline)")
             d = replace(d, scale=float(entry.get("scale", 1.0)),
-                        launch_overhead_s=float(entry.get("launch_overhead_s", d.launch_overhead_s)))
+                        launch_overhead_s=float(entry.get("launch_overhead_s", d.launch_overhead_s)),
+                        kernel_scales={str(k): float(v) for k, v in own.items()})
         devices.append(d)
     return DeviceSet(devices, devset.intra_host_link, devset.inter_host_link, devset.host_link, devset.links,
                      devset.source)

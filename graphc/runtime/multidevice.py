@@ -104,12 +104,52 @@ def _write_slot(buf, base: int, capacity: int, arrays: Sequence[Any]) -> list[tu
 
 
 # ============================================================================================ the worker
-def _worker_main(conn, spec: dict) -> None:  # pragma: no cover - runs in the child (tested through the pool)
+class _StageInbox:
+    """What a worker knows of each micro-batch it has not run yet: the coordinator's ``feed`` (the graph inputs
+    it reads, and the permission to run: the coordinator feeds micro-batch ``seq`` only once the ring slots it
+    will reuse are free) and the outputs of each upstream stage it reads (sent to it directly by those
+    workers). A micro-batch is runnable when all of them are in; the smallest such one runs first."""
+
+    def __init__(self, routing: list[tuple], upstream_stages: set[int]):
+        self.routing = routing
+        self.upstream = upstream_stages
+        self.feeds: dict[int, dict[str, tuple]] = {}
+        self.outputs: dict[int, dict[int, list]] = {}
+
+    def feed(self, seq: int, descs: dict[str, tuple]) -> None:
+        self.feeds[seq] = descs
+
+    def upstream_done(self, seq: int, stage: int, descs: list) -> None:
+        self.outputs.setdefault(seq, {})[stage] = descs
+
+    def pop_runnable(self) -> tuple[int, list[tuple]] | None:
+        ready = [q for q in self.feeds if self.upstream <= self.outputs.get(q, {}).keys()]
+        if not ready:
+            return None
+        seq = min(ready)
+        feed, ups = self.feeds.pop(seq), self.outputs.pop(seq, {})
+        return seq, [feed[src[1]] if src[0] == "input" else ups[src[1]][src[2]] for src in self.routing]
+
+
+def _worker_main(conn, spec: dict, upstream: list, downstream: list) -> None:  # pragma: no cover - runs in the child
+    """One stage's worker. ``conn`` is the duplex pipe to the coordinator; ``upstream`` the receiving ends of
+    pipes from the workers whose outputs this stage reads, ``downstream`` the sending ends to the workers that
+    read this stage's outputs. A finished micro-batch goes to the downstream workers directly, so the
+    coordinator is not on the pipeline's critical path: it feeds inputs ahead and hears only from the stages
+    whose outputs it needs (``spec["report"]``). The others' timings ride on the heartbeat."""
     lock = threading.Lock()
+    running: list = [None]   # (seq, time.monotonic() at its start) while a micro-batch runs
+    spans: list = []         # (seq, perf_counter at start, seconds) not reported yet
 
     def send(msg) -> None:
         with lock:
             conn.send(msg)
+
+    def send_spans(kind: str) -> None:
+        with lock:  # drain and send under one lock: the coordinator gets every span once, in order
+            batch = spans[:]
+            spans.clear()
+            conn.send((kind, running[0], batch))
 
     parent = os.getppid()
 
@@ -119,7 +159,7 @@ def _worker_main(conn, spec: dict) -> None:  # pragma: no cover - runs in the ch
             if os.getppid() != parent:  # the coordinator is gone: nobody will read our results
                 os._exit(3)
             try:
-                send(("hb",))
+                send_spans("hb")
             except (OSError, EOFError, BrokenPipeError):
                 os._exit(3)
 
@@ -135,27 +175,38 @@ def _worker_main(conn, spec: dict) -> None:  # pragma: no cover - runs in the ch
         send(("error", None, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
     send(("ready", os.getpid()))
+    report = bool(spec["report"])
+    inbox = _StageInbox([tuple(r) for r in spec["routing"]], {int(t) for t, _ in upstream})
+    from_stage = {c: int(t) for t, c in upstream}
     ring = None
     while True:
         try:
-            msg = conn.recv()
+            for source in wait([conn] + list(from_stage)):
+                while source.poll():
+                    msg = source.recv()
+                    if source is not conn:
+                        inbox.upstream_done(msg[1], from_stage[source], msg[2])
+                    elif msg[0] == "feed":
+                        inbox.feed(msg[1], msg[2])
+                    elif msg[0] == "flush":
+                        send_spans("spans")
+                    elif msg[0] == "ring":
+                        if ring is not None:
+                            ring[0].close()
+                        ring = (_attach(msg[1]), msg[2], msg[3])
+                    elif msg[0] == "stop":
+                        return
         except (EOFError, OSError):
             return
-        kind = msg[0]
-        if kind == "stop":
-            return
-        if kind == "ring":
-            if ring is not None:
-                ring[0].close()
-            ring = (_attach(msg[1]), msg[2], msg[3])
-            continue
-        if kind == "run":
-            _, seq, descs = msg
+        while (task := inbox.pop_runnable()) is not None:
+            seq, descs = task
             try:
                 inputs = [_resolve(d, maps) for d in descs]
+                running[0] = (seq, time.monotonic())
                 t0 = time.perf_counter()
                 outputs = executable.run(inputs)
                 seconds = time.perf_counter() - t0
+                running[0] = None
                 if ring is not None:
                     shm, slot_bytes, depth = ring
                     out = _write_slot(shm.buf, (seq % depth) * slot_bytes, slot_bytes, outputs)
@@ -163,7 +214,13 @@ def _worker_main(conn, spec: dict) -> None:  # pragma: no cover - runs in the ch
                 else:
                     out = [("obj", o) for o in outputs]
                 del inputs, outputs
-                send(("done", seq, out, seconds))
+                for _, down in downstream:
+                    down.send(("out", seq, out))
+                if report:
+                    send(("done", seq, out, seconds, t0))
+                else:
+                    with lock:
+                        spans.append((seq, t0, seconds))
             except BaseException as exc:  # noqa: BLE001
                 try:
                     send(("error", seq, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
@@ -204,7 +261,8 @@ class _Worker:
     conn: Any
     last_seen: float | None  # None until its first message: imports in a fresh interpreter take seconds
     ring: _Ring | None = None
-    busy_since: dict = field(default_factory=dict)  # seq -> time the run was sent
+    running: tuple | None = None  # (seq, monotonic start) of the micro-batch it runs, from its last heartbeat
+    spans: list = field(default_factory=list)  # (seq, perf_counter start, seconds) reported, not yet collected
 
     def describe(self) -> str:
         return f"the worker of stage {self.stage} (replica {self.replica}) on {self.device} (pid {self.process.pid})"
@@ -220,20 +278,32 @@ class _Pool:
         self.closed = False
         ctx = mp.get_context(exe.start_method)
         weight_blocks = [self._weights_block(st) for st in exe.split.stages]
+        routing = exe.stage_routing()
+        reporting = exe.reporting_stages()
         try:
             for r, group in enumerate(exe.groups):
+                # one pipe per (producer stage, reader stage) of this replica: a finished micro-batch's output
+                # descriptors go straight to the workers that read them
+                links = {(t, s): ctx.Pipe(duplex=False) for s, rt in enumerate(routing) for t in
+                         sorted({src[1] for src in rt if src[0] == "stage"})}
                 for s, device in enumerate(group):
                     cores = exe.stage_cores(device)
-                    spec = {"doc": exe.split.stages[s].doc, "target": exe.plan.target,
+                    spec = {"doc": exe.split.stages[s].doc, "target": exe.plan.target, "stage": s,
+                            "routing": routing[s], "report": s in reporting,
                             "options": {**exe.stage_options, "threads": max(len(cores), 1) if cores else 0},
                             "cores": cores, **weight_blocks[s]}
+                    upstream = [(t, recv) for (t, u), (recv, _) in links.items() if u == s]
+                    downstream = [(u, send) for (t, u), (_, send) in links.items() if t == s]
                     parent_conn, child_conn = ctx.Pipe(duplex=True)
-                    process = ctx.Process(target=_worker_main, args=(child_conn, spec), daemon=True,
-                                          name=f"graphc-stage{s}-r{r}-{device}")
+                    process = ctx.Process(target=_worker_main, args=(child_conn, spec, upstream, downstream),
+                                          daemon=True, name=f"graphc-stage{s}-r{r}-{device}")
                     with _thread_env(len(cores) if cores else None), _hidden_main():
                         process.start()
                     child_conn.close()
                     self.workers[(r, s)] = _Worker(r, s, device, process, parent_conn, None)
+                for recv, send in links.values():  # the workers hold their own ends now
+                    recv.close()
+                    send.close()
             self._wait_ready(exe)
         except BaseException:
             self.close()
@@ -284,6 +354,9 @@ class _Pool:
                     while obj.poll():
                         msg = obj.recv()
                         w.last_seen = now
+                        if msg[0] in ("hb", "spans"):
+                            w.running = msg[1]
+                            w.spans.extend(msg[2])
                         if msg[0] != "hb":
                             out.append((key, msg))
                 except (EOFError, OSError):
@@ -299,9 +372,8 @@ class _Pool:
             if w.last_seen is not None and now - w.last_seen > exe.hang_timeout:
                 raise DeviceError(f"{w.describe()} stopped responding (no heartbeat for "
                                   f"{now - w.last_seen:.1f} s); the run is abandoned (no partial outputs)")
-            if exe.task_timeout and w.busy_since:
-                oldest = min(w.busy_since.values())
-                if now - oldest > exe.task_timeout:
+            if exe.task_timeout and w.running is not None:
+                if now - w.running[1] > exe.task_timeout:
                     raise DeviceError(f"{w.describe()} has run one micro-batch for more than "
                                       f"{exe.task_timeout:.1f} s (task_timeout); the run is abandoned")
         return out
@@ -443,47 +515,40 @@ class MultiDeviceExecutable(PartitionedExecutable):
                 sizes[s] = max(sizes.get(s, 0), total)
         return sizes, inputs
 
+    def reporting_stages(self) -> set[int]:
+        """The stages whose "done" the coordinator needs: those with a graph output, and those no other stage
+        reads (the ends of the pipeline). When they have all finished a micro-batch every stage has (each
+        other stage feeds one of them), so its ring slots may be reused."""
+        read = {src[1] for rt in self.stage_routing() for src in rt if src[0] == "stage"}
+        outputs = {src[1] for src in self.split.outputs.values() if src[0] == "stage"}
+        return {st.index for st in self.split.stages if st.index not in read or st.index in outputs}
+
     def _stream(self, batches: list[list]) -> list[list]:
         pool = self._pool
         assert pool is not None
         sizes, input_bytes = self._slot_sizes(batches)
         pool.ensure_rings(self, sizes, input_bytes)
-        depth, R, S = self.depth, len(self.groups), len(self.split.stages)
-        stage_inputs = [st.inputs for st in self.split.stages]
-        stage_outputs = [st.outputs for st in self.split.stages]
-        index_of = [{n: i for i, n in enumerate(outs)} for outs in stage_outputs]
+        depth, R = self.depth, len(self.groups)
+        stages = range(len(self.split.stages))
+        index_of = [{n: i for i, n in enumerate(st.outputs)} for st in self.split.stages]
+        graph_inputs_of = [[src[1] for src in rt if src[0] == "input"] for rt in self.stage_routing()]
+        reporting = sorted(self.reporting_stages())
         results: list[list | None] = [None] * len(batches)
-        produced: dict[tuple[int, int], list] = {}     # (seq, stage) -> output descriptors
-        input_descs: dict[int, dict[str, tuple]] = {}
-        sent: set[tuple[int, int]] = set()
+        produced: dict[tuple[int, int], list] = {}     # (seq, reporting stage) -> output descriptors
         done_count = 0
         next_seq = 0
         complete: set[int] = set()
-        self.last_stage_seconds = {}
+        for w in pool.workers.values():
+            w.spans.clear()
 
         def inject(seq: int) -> None:
+            """Write micro-batch ``seq``'s inputs into its slot and feed every stage of its replica."""
             ring = pool.input_ring
             descs = _write_slot(ring.shm.buf, (seq % depth) * ring.slot_bytes, ring.slot_bytes, batches[seq])
-            input_descs[seq] = {name: (("shm", ring.name) + d[1:] if d[0] == "shm" else d)
-                                for name, d in zip(self._inputs, descs)}
-
-        def try_send(seq: int, s: int) -> None:
-            if (seq, s) in sent:
-                return
-            descs = []
-            for name in stage_inputs[s]:
-                src = self.split.sources[(s, name)]
-                if src[0] == "input":
-                    descs.append(input_descs[seq][src[1]])
-                else:
-                    out = produced.get((seq, src[1]))
-                    if out is None:
-                        return
-                    descs.append(out[index_of[src[1]][src[2]]])
-            w = pool.workers[(seq % R, s)]
-            w.conn.send(("run", seq, descs))
-            w.busy_since[seq] = time.monotonic()
-            sent.add((seq, s))
+            by_name = {name: (("shm", ring.name) + d[1:] if d[0] == "shm" else d)
+                       for name, d in zip(self._inputs, descs)}
+            for s in stages:
+                pool.workers[(seq % R, s)].conn.send(("feed", seq, {n: by_name[n] for n in graph_inputs_of[s]}))
 
         def finish(seq: int) -> None:
             def stage_value(s: int, name: str):
@@ -492,19 +557,17 @@ class MultiDeviceExecutable(PartitionedExecutable):
 
             results[seq] = self.assemble_outputs(batches[seq], stage_value)
             complete.add(seq)
-            for s in range(S):
+            for s in reporting:
                 produced.pop((seq, s), None)
-            input_descs.pop(seq, None)
 
         # the coordinator created every ring: read them through its own mappings
         self._maps = {w.ring.name: w.ring.shm for w in pool.workers.values() if w.ring is not None}
+        t_start = time.perf_counter()
         try:
             while done_count < len(batches):
                 # inject while the slot's previous occupant is complete (at most `depth` in flight)
                 while next_seq < len(batches) and (next_seq < depth or next_seq - depth in complete):
                     inject(next_seq)
-                    for s in range(S):
-                        try_send(next_seq, s)
                     next_seq += 1
                 for (r, s), msg in pool.poll(self, timeout=0.05):
                     w = pool.workers[(r, s)]
@@ -512,18 +575,33 @@ class MultiDeviceExecutable(PartitionedExecutable):
                         raise ExecutionError(f"stage {s} on {w.device}: {msg[2]}")
                     if msg[0] != "done":
                         continue
-                    _, seq, descs, seconds = msg
-                    w.busy_since.pop(seq, None)
-                    self.last_stage_seconds.setdefault((r, s), []).append(seconds)
+                    _, seq, descs, seconds, started = msg
+                    if w.running is not None and w.running[0] == seq:
+                        w.running = None
+                    w.spans.append((seq, started, seconds))
                     produced[(seq, s)] = descs
-                    for t in range(S):
-                        try_send(seq, t)
-                    if all((seq, t) in produced for t in range(S)):
+                    if all((seq, t) in produced for t in reporting):
                         finish(seq)
                         done_count += 1
+            wall = time.perf_counter() - t_start
+            self._collect_spans(pool, reporting)
         finally:
             self._maps = {}
+        self.last_stage_seconds = {k: [sec for _, _, sec in w.spans] for k, w in pool.workers.items()}
+        self.last_stream = {"batches": len(batches), "seconds": wall, "start": t_start,
+                            "spans": {k: sorted(w.spans) for k, w in pool.workers.items()}}
         return results  # type: ignore[return-value]
+
+    def _collect_spans(self, pool: "_Pool", reporting: list[int]) -> None:
+        """Ask the stages that report only through heartbeats for their last timings (one round trip)."""
+        waiting = {k for k in pool.workers if k[1] not in reporting}
+        for k in waiting:
+            pool.workers[k].conn.send(("flush",))
+        deadline = time.monotonic() + self.hang_timeout
+        while waiting and time.monotonic() < deadline:
+            for key, msg in pool.poll(self, timeout=0.05):
+                if msg[0] == "spans":
+                    waiting.discard(key)
 
 
 __all__ = ["MultiDeviceExecutable", "compile_plan", "is_partitioned", "partition_summary"]

@@ -188,6 +188,19 @@ class PartitionedExecutable(abc.ABC):
     def _stream(self, batches: list[list]) -> list[list]:
         """Push ``batches`` through the started workers; the outputs of each, in order."""
 
+    def stage_routing(self) -> list[list[tuple]]:
+        """Where each stage's inputs come from, in the order of its graph's inputs: ``("input", graph input
+        name)`` or ``("stage", producer stage, index among the producer's outputs)``."""
+        index_of = [{n: i for i, n in enumerate(st.outputs)} for st in self.split.stages]
+        routing = []
+        for st in self.split.stages:
+            row = []
+            for name in st.inputs:
+                src = self.split.sources[(st.index, name)]
+                row.append(("input", src[1]) if src[0] == "input" else ("stage", src[1], index_of[src[1]][src[2]]))
+            routing.append(row)
+        return routing
+
     def assemble_outputs(self, inputs: list, stage_value: Callable[[int, str], Any]) -> list:
         """The graph outputs of one micro-batch, in order: constants and passed-through inputs copied here,
         the rest from ``stage_value(stage, value name)``."""
