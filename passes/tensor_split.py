@@ -19,7 +19,9 @@ What can be split (:func:`split_spec`; anything else is refused with a reason in
 - a plain ``Conv`` (group 1; weight, and bias if any, constant), ``Gemm`` (B constant; C constant or absent)
   or ``MatMul`` (B a constant of rank >= 2), or a ``graphc::FusedKernel`` holding exactly one such op followed
   by an epilogue of numpy-broadcasting elementwise ops (Relu, Add of a bias, Clip, ...) whose other operands
-  are constants; every value after the complex op, and every kernel output, has the complex op's output shape.
+  are constants, or activations shaped like the output (a residual: each slice then reads its channel range
+  of it through a ``Slice`` kernel of its own, placed right before the slice); every value after the complex
+  op, and every kernel output, has the complex op's output shape.
   A "constant" may also be a weight made at run time by a ``ConstantOfShape`` of a constant shape (the light
   zoo models make their FC weights so, above the constant folder's size cap): each slice gets its own smaller
   ``ConstantOfShape`` right before it;
@@ -87,6 +89,9 @@ class SplitSpec:
     size: int                       # extent of that axis
     const_axes: dict[int, int | None] = field(default_factory=dict)  # id(constant Value) -> slice axis
     weight_bytes: int = 0           # bytes of the constants that get sliced
+    #: body inputs of a FusedKernel fed by an activation its epilogue reads (a residual), shaped like the
+    #: output: each slice reads that activation's channel range through a Slice kernel of its own
+    activation_inputs: set[int] = field(default_factory=set)
 
 
 class _Refused(Exception):
@@ -192,8 +197,9 @@ def _complex_axes(op: Node, consts: dict[int, int | None], kernel: Node) -> tupl
 
 
 def _epilogue_axes(node: Node, axis: int, out_shape: tuple, size: int, chain: set[int],
-                   consts: dict[int, int | None], kernel: Node) -> None:
-    """Check one epilogue node and fill ``consts`` with its constant operands' slice axes."""
+                   consts: dict[int, int | None], kernel: Node, activations: set[int]) -> None:
+    """Check one epilogue node and fill ``consts`` with its constant operands' slice axes, ``activations``
+    with the activations it reads besides the chain (each must be shaped like the output)."""
     opdef = lookup(node.domain, node.op_type)
     if opdef is None or opdef.fusion != FusionClass.ELEMENTWISE or node.domain not in ("", "ai.onnx"):
         raise _Refused(f"its epilogue holds {node.op_type}, which is not a broadcasting elementwise op")
@@ -208,7 +214,11 @@ def _epilogue_axes(node: Node, axis: int, out_shape: tuple, size: int, chain: se
             continue
         arr = _const_of(v, kernel)
         if arr is None:
-            raise _Refused(f"its epilogue {node.op_type} reads an activation besides the complex op's output")
+            if _shape(v) != out_shape:
+                raise _Refused(f"its epilogue {node.op_type} reads an activation ({v.name}) not shaped like "
+                               f"its output")
+            activations.add(id(v))
+            continue
         aligned = axis - (rank - arr.ndim)
         want = aligned if aligned >= 0 and arr.shape[aligned] == size and size > 1 else None
         if aligned >= 0 and arr.shape[aligned] not in (1, size):
@@ -241,8 +251,9 @@ def split_spec(node: Node) -> SplitSpec:
     if not isinstance(out_shape[axis], int) or out_shape[axis] != size:
         raise _Refused("its output-channel extent is not static")
     chain = {id(o) for o in op.outputs if o is not None}
+    activations: set[int] = set()
     for m in members[1:]:
-        _epilogue_axes(m, axis, out_shape, size, chain, consts, kernel)
+        _epilogue_axes(m, axis, out_shape, size, chain, consts, kernel, activations)
         chain.update(id(o) for o in m.outputs if o is not None)
     outputs = node.attrs["body"].outputs if node.op_type == "FusedKernel" else node.outputs
     for o in outputs:
@@ -262,7 +273,7 @@ def split_spec(node: Node) -> SplitSpec:
             if v is not None and consts.get(id(v)) is not None and id(v) not in seen:
                 seen.add(id(v))
                 weight_bytes += int(_const_of(v, kernel).nbytes)
-    return SplitSpec(node, op, axis, size, consts, weight_bytes)
+    return SplitSpec(node, op, axis, size, consts, weight_bytes, activations)
 
 
 def try_split_spec(node: Node) -> SplitSpec | str:
@@ -411,20 +422,31 @@ def _split_fused(graph: Graph, spec: SplitSpec, lo: int, hi: int, s: int, outer_
     new_body = Graph(graph.fresh_name(f"{body.name}_s{s}"), opsets=body.opsets, parent=graph)
     mapping: dict[int, Value] = {}
     kernel_inputs = []
+    sliced: dict[int, Value] = {}  # body input of a residual -> the body input of its channel slice
     for v, outer in zip(body.inputs, node.inputs):
         # a body input fed by a weight is sliced like the weight (the axis is recorded for the body input)
         ax = spec.const_axes.get(id(v)) if _root_weight(outer) is not None else None
-        fed = outer_input(outer, ax, lo, hi, s, graph.nodes.index(node))
-        new_in = new_body.add_input(graph.fresh_name(f"{v.name}_s{s}"))
-        new_in.type = fed.type if fed is not None else v.type
-        mapping[id(v)] = new_in
-        kernel_inputs.append(fed)
+        residual = id(v) in spec.activation_inputs and _root_weight(outer) is None
+        if not residual or any(x is v for x in spec.op.inputs):  # the complex op reads it whole
+            fed = outer_input(outer, ax, lo, hi, s, graph.nodes.index(node))
+            new_in = new_body.add_input(graph.fresh_name(f"{v.name}_s{s}"))
+            new_in.type = fed.type if fed is not None else v.type
+            mapping[id(v)] = new_in
+            kernel_inputs.append(fed)
+        if residual:
+            fed = _slice_activation(graph, outer, spec.axis, lo, hi, s, graph.nodes.index(node), node.name)
+            new_in = new_body.add_input(graph.fresh_name(f"{v.name}_part_s{s}"))
+            new_in.type = fed.type
+            sliced[id(v)] = new_in
+            kernel_inputs.append(fed)
     for name, v in body.initializers.items():
         ax = spec.const_axes.get(id(v))
         arr = v.const if ax is None else _slice_array(v.const, ax, lo, hi)
         mapping[id(v)] = new_body.add_initializer(graph.fresh_name(f"{name}_s{s}"), arr)
     for m in body.nodes:
-        ins = [mapping.get(id(x), x) if x is not None else None for x in m.inputs]
+        # the epilogue reads its channels of a residual; the complex op reads its input whole
+        table = mapping if m is spec.op else {**mapping, **sliced}
+        ins = [table.get(id(x), x) if x is not None else None for x in m.inputs]
         copy = _copy_node(new_body, m, ins, spec.axis, hi - lo)
         for new, old in zip(copy.outputs, m.outputs):
             if old is not None:
@@ -440,6 +462,25 @@ def _split_fused(graph: Graph, spec: SplitSpec, lo: int, hi: int, s: int, outer_
         if new is not None:
             new.type = inner.type
     return kernel
+
+
+def _slice_activation(graph: Graph, value: Value, axis: int, lo: int, hi: int, s: int, index: int,
+                      of: str) -> Value:
+    """A ``Slice`` kernel inserted at ``index`` that reads channels [lo, hi) of ``value`` along ``axis``: the
+    slice of a kernel whose epilogue adds a residual reads only its own channels of the residual (a copy of
+    1/k of it), so that the slice can sit on another device than its siblings."""
+    where = {"name": graph.fresh_name(f"{value.name}_slice_s{s}"),
+             "output_names": [graph.fresh_name(f"{value.name}_s{s}")], "index": index}
+    if graph.root_opset("") < 10:  # Slice-1: the ranges are attributes
+        node = graph.add_node("Slice", [value], attrs={"starts": [lo], "ends": [hi], "axes": [axis]}, **where)
+    else:
+        consts = [graph.add_initializer(graph.fresh_name(f"{value.name}_{what}_s{s}"), np.array([n], np.int64))
+                  for what, n in (("starts", lo), ("ends", hi), ("axes", axis))]
+        node = graph.add_node("Slice", [value, *consts], **where)
+    _typed(node.outputs[0], value, axis, hi - lo)
+    infer_node(node)
+    node.meta["tensor_split"] = {"of": of, "slice": s, "range": [lo, hi], "activation": value.name}
+    return node.outputs[0]
 
 
 # ============================================================================================ the pass

@@ -143,17 +143,42 @@ def test_refusals_name_their_reason():
                      [_vi("y", (1, 8, 4, 4))], {"W": _f32(rng, 8, 2, 3, 3)})
     g = graphc.compile(grouped, target="reference").graph
     assert "grouped" in try_split_spec(_kernel(g, "Conv"))
-    # a residual Add reads a second activation: the slices would need it sliced too
-    residual = _model([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
-                       helper.make_node("Add", ["c", "x"], ["y"])],
-                      [_vi("x", (1, 4, 6, 6))], [_vi("y", (1, 4, 6, 6))], {"W": _f32(rng, 4, 4, 3, 3)})
-    g = graphc.compile(residual, target="reference").graph
-    assert "activation" in try_split_spec(_kernel(g, "Conv"))
+    # an epilogue reading an activation that broadcasts (not shaped like the output) cannot be cut by channel
+    broadcast = _model([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                        helper.make_node("Add", ["c", "r"], ["y"])],
+                       [_vi("x", (1, 4, 6, 6)), _vi("r", (1, 1, 6, 6))], [_vi("y", (1, 4, 6, 6))],
+                       {"W": _f32(rng, 4, 4, 3, 3)})
+    g = graphc.compile(broadcast, target="reference").graph
+    assert "not shaped like" in try_split_spec(_kernel(g, "Conv"))
     activation_b = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", (2, 3)), _vi("w", (3, 4))],
                           [_vi("y", (2, 4))], {})
     g = graphc.compile(activation_b, target="reference").graph
     assert "not a constant" in try_split_spec(_kernel(g, "MatMul"))
     assert "not a Conv/Gemm/MatMul" in try_split_spec(Node("Relu"))
+
+
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_a_residual_epilogue_reads_its_channels_of_the_residual(target):
+    # a ResNet block's last conv: Conv + residual Add + Relu in one kernel; each slice reads its channels of x
+    rng = np.random.default_rng(5)
+    model = _model([helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+                    helper.make_node("Add", ["c", "x"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+                   [_vi("x", (1, 8, 6, 6))], [_vi("y", (1, 8, 6, 6))],
+                   {"W": _f32(rng, 8, 8, 3, 3), "B": _f32(rng, 8)})
+    x = _f32(rng, 1, 8, 6, 6)
+    split = _split_and_compare(model, "Conv", 3, [x])
+    cuts = [n for n in split.nodes if n.op_type == "Slice"]
+    assert [n.meta["tensor_split"]["range"] for n in cuts] == [[0, 2], [2, 5], [5, 8]]
+    assert all(n.inputs[0].name == "x" for n in cuts)
+    if target == "llvm":  # the rewritten graph runs as generated code (Slice kernels included) and agrees
+        from graphc.ir.serialize import graph_to_json
+        from graphc.runtime.partitioned import build_stage_executable
+
+        doc, weights = graph_to_json(split)
+        executable = build_stage_executable(doc, weights, "llvm", {"threads": 1})
+        got = executable.run([x])[0]
+        assert executable.fallback_ops == []
+        np.testing.assert_allclose(got, graphc.compile(model, target="llvm")(x), rtol=1e-6, atol=1e-6)
 
 
 def test_sink_sources_puts_a_generator_next_to_its_reader():
