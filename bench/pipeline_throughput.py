@@ -137,13 +137,17 @@ def main(argv=None) -> int:
                "measured_vs_predicted": two_bps / part["predicted_throughput"],
                "stage_predicted_s": [d["predicted_s"] for d in part["devices"]],
                "stage_measured_median_s": stages, "outputs_agree": agree,
+               # what a batch costs beyond the slowest stage's run: messages, copies into and out of the rings
+               "runtime_overhead_s": seconds / args.batches - max(stages.values()),
                "calibration": {k: v for k, v in calibration.items() if k != "kernel_scales"}}
         results.append(row)
         print(f"{name:12s} one core {one_bps:7.2f}/s  two cores {two_bps:7.2f}/s  speed-up {row['speedup']:.2f}x  "
               f"predicted {part['predicted_throughput']:7.2f}/s  measured/predicted {row['measured_vs_predicted']:.2f}"
               f"  outputs agree: {agree}")
         print(f"{'':12s} stages predicted " + " ".join(f"{1e3 * t:.2f}" for t in row["stage_predicted_s"])
-              + " ms, measured (median) " + " ".join(f"{1e3 * t:.2f}" for t in stages.values()) + " ms")
+              + " ms, measured (median) " + " ".join(f"{1e3 * t:.2f}" for t in stages.values())
+              + f" ms; per batch {1e3 * seconds / args.batches:.2f} ms = slowest stage + "
+              f"{1e3 * row['runtime_overhead_s']:.2f} ms of hand-over")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -26,8 +26,9 @@ def compile(model: Any, *, target: str | None = None, devices: Any = None, preci
     if options.get("partition_calibration") == "measure" and devices is not None:
         from .calibration import measure_calibration
 
-        options["partition_calibration"] = measure_calibration(
-            model, devices, target=target or "llvm", precision=precision, **options)
+        # the kernels are timed as llvm code on this host's cores (whatever the target: a reference plan of
+        # CPU devices is balanced on what the compiled kernels would take; CUDA devices are left nominal)
+        options["partition_calibration"] = measure_calibration(model, devices, precision=precision, **options)
     opts = CompileOptions.build(target=target, devices=devices, precision=precision, **options)
     return compile_cached(model, opts, cache)
 

@@ -140,6 +140,10 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
                    help="numeric precision: fp32 (default), or mixed (bf16 GEMM/conv operands, fp32 accumulation)")
 
 
+CALIBRATE_HELP = ("with 2+ CPU devices: time the model's kernels on one core of this host first (llvm code, "
+                  "the profiler) and balance the stages on those times instead of nominal ones")
+
+
 def _add_compile(sub, common) -> None:
     p = sub.add_parser("compile", parents=[common], help="compile a model and write an artifact (.gcx)",
                        description="Compile MODEL and write a self-contained artifact that 'graphc run' and "
@@ -151,6 +155,7 @@ def _add_compile(sub, common) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, default=None,
                    help="how a model over 2+ devices runs: local (worker processes on this host, the default) or "
                         "ray (Ray actors; pip install 'graphc[ray]'); kept in the artifact")
+    p.add_argument("--calibrate", action="store_true", help=CALIBRATE_HELP)
     _add_precision(p)
     p.add_argument("--threads", type=_non_negative, default=None, metavar="N",
                    help="worker threads (default 0: all cores)")
@@ -318,8 +323,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = args.output or default_artifact_path(args.model)
     if args.model.endswith(ARTIFACT_SUFFIX):
         raise OptionError(f"{args.model!r} is already an artifact; give an .onnx model or zoo:NAME")
+    extra = {"partition_calibration": "measure"} if args.calibrate else {}
     compiled = graphc.compile(args.model, target=args.target, devices=args.devices, precision=args.precision,
-                              threads=args.threads, passes=args.passes, cache=args.cache, runtime=args.runtime)
+                              threads=args.threads, passes=args.passes, cache=args.cache, runtime=args.runtime,
+                              **extra)
     path = compiled.save(out)
     report = compiled.report()
     print(f"compiled {compiled.source} for {compiled.target}: {report.get('nodes')} nodes -> "
@@ -840,6 +847,7 @@ def _add_plan(sub, common) -> None:
     p.add_argument("--stages", type=_positive, default=None, metavar="S", help="force S pipeline stages")
     p.add_argument("--replicas", type=_positive, default=None, metavar="R", help="force R data-parallel replicas")
     p.add_argument("--memory", type=_positive, default=None, metavar="BYTES", help="memory cap per device")
+    p.add_argument("--calibrate", action="store_true", help=CALIBRATE_HELP)
     p.add_argument("--json", action="store_true", help="print report()['partition'] as JSON")
     p.set_defaults(func=cmd_plan)
 
@@ -848,7 +856,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import graphc
 
     options = {k: v for k, v in (("partition_batch", args.batch), ("partition_stages", args.stages),
-                                 ("partition_replicas", args.replicas), ("partition_memory_bytes", args.memory))
+                                 ("partition_replicas", args.replicas), ("partition_memory_bytes", args.memory),
+                                 ("partition_calibration", "measure" if args.calibrate else None))
                if v is not None}
     # the reference target plans for any device kind; the simulator never starts a worker
     compiled = graphc.compile(args.model, target="reference", devices=args.devices, **options)

@@ -1026,6 +1026,10 @@ class Partitioning(Pass):
             "candidates": getattr(c, "weighed", []),
             "reasons": c.notes,
             "device_spec": devset.source,
+            # what the predictions rest on: nominal numbers, or a calibration (partition_calibration)
+            "calibration": {d.name: {"scale": d.scale, "launch_overhead_s": d.launch_overhead_s,
+                                     "kernels_measured": len(d.kernel_scales)}
+                            for d in devset.devices if d.scale != 1.0 or d.kernel_scales},
         }
 
 

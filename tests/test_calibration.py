@@ -78,3 +78,21 @@ def test_measured_calibration_predicts_what_the_profiler_measured():
 def test_measuring_needs_the_llvm_target():
     with pytest.raises(OptionError, match="llvm"):
         measure_calibration(mlp_model(), "cpu:0,cpu:1", target="reference")
+
+
+def test_cli_plan_with_calibrate_balances_measured_times(capsys, tmp_path):
+    import json
+
+    from graphc.cli import main
+
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(mlp_model(batch="N", features=256, hidden=512, classes=10).SerializeToString())
+    assert main(["plan", str(model), "--devices", "cpu:0,cpu:1", "--stages", "2", "--json"]) == 0
+    nominal = json.loads(capsys.readouterr().out)
+    assert main(["plan", str(model), "--devices", "cpu:0,cpu:1", "--stages", "2", "--calibrate", "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    # the report says what the predictions rest on: nominal numbers, or the kernels measured on each device
+    assert nominal["calibration"] == {}
+    assert set(measured["calibration"]) == {"cpu:0", "cpu:1"}
+    assert all(c["kernels_measured"] > 0 for c in measured["calibration"].values())
+    assert measured["bottleneck_s"] != nominal["bottleneck_s"]
