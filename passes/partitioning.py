@@ -24,8 +24,9 @@ Rules:
   prefix sums and 2-D difference arrays (received bytes, sent bytes, unique weight bytes, peak live bytes); the
   DP ``f[k][j] = min(f[k-1][j], min_i max(f[k-1][i], cost_k[i, j]))`` over ranges that fit in device k's memory
   is exact for that cost: it returns the minimum bottleneck over all contiguous partitions (tested against
-  brute force). The lower bound reported next to it is ``max(total / stages, largest kernel)`` (for unequal
-  devices: ``max(1 / sum(1 / total_d), largest kernel on its fastest device)``);
+  brute force). The lower bound reported next to it is ``max(total / stages, largest kernel)``, where the total
+  also counts the latency of the messages any chain of that many stages sends (for unequal devices:
+  ``max(1 / sum(1 / total_d), largest kernel on its fastest device)``);
 - **memory per device**: weights of its kernels (each weight once per stage that reads it) + the peak of bytes
   live over its steps + its transfer buffers (received and sent tensors), at most ``capacity`` (the device's
   ``memory_bytes``, or the option ``partition_memory_bytes``). After the DP the stages' exact peaks are
@@ -408,12 +409,17 @@ class Model:
         """max(total / stages, largest kernel); for unequal devices the harmonic total and fastest largest.
 
         ``total`` is the kernels' time plus, on devices that do not overlap copies with compute, the transfers
-        every partition pays: graph inputs in from the caller and graph outputs back to it."""
+        every partition pays: graph inputs in from the caller and graph outputs back to it, and the latency of
+        the messages between stages that any pipeline of that many stages sends (equal devices)."""
         per = [self.times(d) for d in devices]
         largest = float(np.max(np.min(np.stack(per), axis=0))) if self.f.n else 0.0
         totals = [float(t.sum()) + self._host_io(d) for t, d in zip(per, devices)]
         if len(set(totals)) == 1:
-            share = totals[0] / len(devices)
+            # k stages in a chain exchange at least k - 1 messages per micro-batch, each paid by its sender and
+            # its receiver (devices that overlap copies with compute excepted): the best k of them bounds it
+            handoff = 0.0 if devices[0].overlaps_transfers or len(devices) < 2 else min(
+                self.devset.link(a.name, b.name).latency_s for a, b in zip(devices, devices[1:]))
+            share = min((totals[0] + 2 * (k - 1) * handoff) / k for k in range(1, len(devices) + 1))
         else:
             share = 1.0 / sum(1.0 / t for t in totals if t > 0) if any(totals) else 0.0
         return max(share, largest)

@@ -262,7 +262,8 @@ def test_a_kernel_at_an_unbalanced_boundary_is_split_for_balance():
     model = gemm_chain([1536, 1536, 4608, 512, 4608])
     kw = dict(target="reference", devices="cpu:0,cpu:1", partition_replicas=1)
     whole = graphc.compile(model, tensor_split=False, **kw).report()["partition"]
-    assert "tensor_split" not in whole and whole["bottleneck_vs_lower_bound"] > 1.3
+    # 4 : 3 units over whole layers (1.33), a little less once the bound counts the one message between stages
+    assert "tensor_split" not in whole and whole["bottleneck_vs_lower_bound"] > 1.25
     compiled = graphc.compile(model, **kw)
     part = compiled.report()["partition"]
     compiled.executable.close()
