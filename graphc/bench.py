@@ -27,6 +27,7 @@ from .errors import GraphcError, OptionError
 
 DEFAULT_REPEAT = 20
 DEFAULT_WARMUP = 3
+SETTLE_SECONDS = 0.1  # idle time before each timed block (see time_in_blocks)
 WEIGHTS = ("constant", "random")
 
 
@@ -160,21 +161,29 @@ def time_calls(fn: Callable[[], Any], repeat: int, warmup: int) -> list[float]:
     return samples
 
 
-def time_in_blocks(fns: list[Callable[[], Any]], repeat: int, warmup: int) -> list[list[float]]:
+def time_in_blocks(fns: list[Callable[[], Any]], repeat: int, warmup: int,
+                   settle: float | None = None) -> list[list[float]]:
     """Like :func:`time_calls` for several engines: each engine runs its calls in a block of its own.
 
     Engines are not alternated call by call: both numpy's BLAS and onnxruntime keep their worker threads
     spinning for a while after a call, and that spinning lands in the other engine's timed call (measured here:
     onnxruntime's ResNet-50 looked 2.5x slower alternated with graphc than alone). Instead the repeats are
     split in two halves run in opposite engine orders (A B, then B A), each block after its own warmup, so
-    slow drift of the machine's state still falls on both engines alike.
+    slow drift of the machine's state still falls on both engines alike. Before every block the process idles
+    ``settle`` seconds, so that the previous block's spinning threads have parked: onnxruntime's intra-op
+    worker spins about 40 ms after its last run (measured on the LSTM LM, 2 threads), graphc's about 50 µs,
+    and without the pause the engine timed after onnxruntime paid for that spin in its warmup and first
+    calls. The pause is the same for every engine and block (``None``: ``SETTLE_SECONDS``).
     """
+    settle = SETTLE_SECONDS if settle is None else settle
     samples: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
     for half, engines in ((repeat - repeat // 2, order), (repeat // 2, order[::-1])):
         if half == 0:
             continue
         for i in engines:
+            if settle > 0:
+                time.sleep(settle)
             samples[i].extend(time_calls(fns[i], half, warmup))
     return samples
 

@@ -5,6 +5,14 @@ code generators per op family), executable.py (specialisation, threads, fallback
 """
 
 from .executable import LLVMExecutable, compile, compile_with_parts
-from .jit import host_features
 
 __all__ = ["LLVMExecutable", "compile", "compile_with_parts", "host_features"]
+
+
+def __getattr__(name: str):
+    # jit.py imports llvmlite: only when asked for, so that a model loaded from an artifact runs without it
+    if name == "host_features":
+        from .jit import host_features
+
+        return host_features
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

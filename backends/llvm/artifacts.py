@@ -12,9 +12,14 @@ Parts (under ``backend/`` in the artifact, each with its SHA-256 in the manifest
 - ``llvm/specN.const``: the arrays the code generators packed at compile time (weights in microkernel panels,
   tables), raw native bytes at 64-byte aligned offsets that the layout names; the plan's own weights are not
   repeated (the layout binds them to the arrays of ``weights.bin``);
-- ``llvm/specN.ll``: the LLVM IR, the readable form of what the code was made from.
+- ``llvm/specN.ll``: the LLVM IR, the readable form of what the code was made from;
+- ``llvm/specN.so`` and ``llvm/workers.so`` (when ``cc`` existed at save time): the object code, and the
+  thread pool's runtime, linked into shared libraries (native.py), named with their SHA-256 in the index,
+  which also records the saving host (machine, system, CPU flags).
 
-**Load.** The kept code and layout are used as they are -- no lowering, no IR, no packing -- when the
+**Load.** On a host with every CPU flag of the saving one, the shared libraries are loaded with ctypes and
+LLVM is never imported; elsewhere (or without them) the object code goes through MCJIT. The kept code and
+layout are used as they are -- no lowering, no IR, no packing -- when the
 machine code fits this process: same triple, every CPU feature it was made for present, the plan is the one
 the layout was made for (plan.json's SHA-256), and the executable runs as many threads as the code was
 generated for. Otherwise the plan is lowered again (Python), and the kept machine code is still used when that
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -93,9 +99,59 @@ def artifact_parts(executable, plan_sha256: str | None = None) -> dict[str, Any]
             spec.update(layout=f"llvm/spec{i}.layout.json", constants=f"llvm/spec{i}.const")
         specs.append(spec)
     index = {"format": INDEX_FORMAT, "triple": triple, "cpu": cpu, "features": host_features(),
-             "plan_sha256": plan_sha256, "specializations": specs}
+             "plan_sha256": plan_sha256, "specializations": specs, "host": native_host()}
+    _add_shared_libraries(executable, parts, specs, index)
     parts["llvm/index.json"] = json.dumps(index, indent=1, sort_keys=True).encode()
     return parts
+
+
+def native_host() -> dict:
+    """What a load checks, without LLVM, before it runs a shared library made here: the machine, the system
+    and every CPU flag of this host (the code may use any of them)."""
+    from ...artifact import cpu_features
+
+    return {"machine": platform.machine(), "system": platform.system(), "cpu_flags": cpu_features()}
+
+
+def native_fits(index: dict) -> str | None:
+    """None when shared libraries made on the host ``index`` describes run here, else why not."""
+    host = index.get("host")
+    if not isinstance(host, dict) or not isinstance(host.get("cpu_flags"), list) or not host["cpu_flags"]:
+        return "the artifact does not describe its host's CPU"
+    here = native_host()
+    if (host.get("machine"), host.get("system")) != (here["machine"], here["system"]):
+        return f"the machine code is for {host.get('machine')}/{host.get('system')}"
+    missing = sorted(set(map(str, host["cpu_flags"])) - set(here["cpu_flags"]))
+    if missing:
+        return f"this CPU lacks {', '.join(missing[:8])}{'...' if len(missing) > 8 else ''}"
+    return None
+
+
+def _add_shared_libraries(executable, parts: dict, specs: list, index: dict) -> None:
+    """``llvm/specN.so`` for every specialisation and ``llvm/workers.so`` for the thread pool, linked by the
+    system toolchain when there is one (native.py): a load then runs them without LLVM."""
+    from .native import link_shared, linker
+
+    if linker() is None and not any(getattr(c.jit, "shared", None) for c in executable.specializations.values()):
+        return
+    by_object = {spec["object"]: spec for spec in specs}
+    for i, compiled in enumerate(executable.specializations.values()):
+        spec = by_object.get(f"llvm/spec{i}.o")
+        if spec is None:
+            continue
+        library = getattr(compiled.jit, "shared", None) or link_shared([compiled.jit.object_code])
+        if library:
+            parts[f"llvm/spec{i}.so"] = library
+            spec.update(library=f"llvm/spec{i}.so", library_sha256=hashlib.sha256(library).hexdigest())
+    workers = getattr(executable, "_workers", None)
+    runtime = getattr(workers, "_jit", None)
+    if runtime is not None:
+        library = getattr(runtime, "shared", None) or (link_shared([runtime.object_code])
+                                                       if runtime.object_code else None)
+        if library:
+            parts["llvm/workers.so"] = library
+            index.update(workers_library="llvm/workers.so",
+                         workers_library_sha256=hashlib.sha256(library).hexdigest())
 
 
 @dataclass
@@ -109,6 +165,7 @@ class Prebuilt:
     constants: np.ndarray | None = None
     ir_text: Callable[[], bytes] | None = None
     plan_matches: bool = False  # the plan is the one the layout was made for
+    library: tuple | None = None  # (the shared library's bytes, its SHA-256) when it runs here (native.py)
 
 
 def _array(parts, name: str) -> np.ndarray:
@@ -126,11 +183,12 @@ def _array(parts, name: str) -> np.ndarray:
     return out
 
 
-def prebuilt_from_parts(parts, plan_sha256: str | None = None) -> tuple[dict, list[str]]:
-    """({input shapes: Prebuilt}, notes) from an artifact's backend parts."""
+def prebuilt_from_parts(parts, plan_sha256: str | None = None) -> tuple[dict, list[str], tuple | None]:
+    """({input shapes: Prebuilt}, notes, the thread pool's shared library as (bytes, SHA-256) or None) from an
+    artifact's backend parts."""
     raw = parts.get("llvm/index.json")
     if raw is None:
-        return {}, ["the artifact holds no machine code; JIT"]
+        return {}, ["the artifact holds no machine code; JIT"], None
     try:
         index = json.loads(raw)
         specs = index["specializations"]
@@ -138,17 +196,27 @@ def prebuilt_from_parts(parts, plan_sha256: str | None = None) -> tuple[dict, li
         if not isinstance(specs, list):
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        return {}, ["the artifact's llvm/index.json is malformed; re-JIT"]
-    here_triple = host_triple()
-    missing = sorted(features - set(host_features()))
-    if triple != here_triple:
-        return {}, [f"the machine code is for {triple}, this machine is {here_triple}; re-JIT from the IR"]
-    if missing:
-        return {}, [f"this CPU lacks {', '.join(missing[:8])}{'...' if len(missing) > 8 else ''} that the "
-                    f"machine code was made for; re-JIT from the IR"]
+        return {}, ["the artifact's llvm/index.json is malformed; re-JIT"], None
+    # Shared libraries made on a host whose every CPU flag this one has run as they are, and LLVM is not asked
+    # (importing it costs more memory than a small model); otherwise LLVM compares triples and features.
+    native_problem = native_fits(index)
+    notes: list[str] = []
+    if native_problem is not None:
+        if any(isinstance(spec, dict) and "library" in spec for spec in specs):
+            notes.append(f"shared libraries not used: {native_problem}")
+        here_triple = host_triple()
+        missing = sorted(features - set(host_features()))
+        if triple != here_triple:
+            return {}, [f"the machine code is for {triple}, this machine is {here_triple}; re-JIT from the IR"], None
+        if missing:
+            return {}, [f"this CPU lacks {', '.join(missing[:8])}{'...' if len(missing) > 8 else ''} that the "
+                        f"machine code was made for; re-JIT from the IR"], None
+    workers = None
+    if native_problem is None:
+        workers = _library(parts, index.get("workers_library"), index.get("workers_library_sha256"))
     plan_matches = (index.get("format") == INDEX_FORMAT and plan_sha256 is not None
                     and index.get("plan_sha256") == plan_sha256)
-    prebuilt, notes = {}, []
+    prebuilt = {}
     for spec in specs:
         try:
             shapes = tuple(tuple(s) if s is not None else None for s in spec["input_shapes"])
@@ -166,5 +234,15 @@ def prebuilt_from_parts(parts, plan_sha256: str | None = None) -> tuple[dict, li
                 notes.append(f"{[list(s) if s else s for s in shapes]}: the stored layout is unreadable")
         if isinstance(spec.get("ir"), str):
             entry.ir_text = lambda name=spec["ir"]: parts[name]
+        if native_problem is None:
+            entry.library = _library(parts, spec.get("library"), spec.get("library_sha256"))
         prebuilt[shapes] = entry
-    return prebuilt, notes
+    return prebuilt, notes, workers
+
+
+def _library(parts, name, sha256) -> tuple | None:
+    """(bytes as the artifact holds them, SHA-256 the index names) of a shared library part, or None."""
+    if not isinstance(name, str) or not isinstance(sha256, str) or name not in parts:
+        return None
+    get_array = getattr(parts, "array", None)
+    return (get_array(name) if callable(get_array) else parts[name]), sha256

@@ -72,13 +72,17 @@ class _Compiled:
     """One specialisation: the program (a lowered ``Program`` or a ``StoredProgram`` taken back from an
     artifact), its machine code, and the buffers reused from run to run."""
 
-    def __init__(self, program, object_code: bytes | None = None):
-        from .jit import JitModule, optimize_text
-
+    def __init__(self, program, object_code: bytes | None = None, native=None):
         self.program = program
-        if object_code:
+        if native is not None:  # a shared library the artifact kept, already loaded (native.py): no LLVM
+            self.jit = native
+        elif object_code:
+            from .jit import JitModule
+
             self.jit = JitModule.from_object(object_code)
         else:  # the llvmlite module goes before LLVM's optimiser and code generator take their memory
+            from .jit import JitModule, optimize_text
+
             self.jit = JitModule(optimize_text(program.release_module().decode(), "graphc"))
         self.entry_address = self.jit.address(ENTRY)
         self.entry = _ENTRY_CTYPE(self.entry_address)
@@ -87,7 +91,7 @@ class _Compiled:
         for i, spec in enumerate(program.slots):
             if spec.kind in ("arena", "temp"):
                 self.memory[i] = _aligned_empty(max(spec.nbytes, 64))
-            elif spec.kind == "const":
+            elif spec.kind == "const" and not spec.unread:  # (an unread weight's slot stays NULL)
                 self.memory[i] = spec.array.reshape(-1).view(np.uint8) if spec.array.size else np.zeros(64, np.uint8)
             if i in self.memory:
                 self.slot_table[i] = self.memory[i].ctypes.data
@@ -214,7 +218,7 @@ def _subprogram(program: _Program, graph):
 
 class LLVMExecutable:
     def __init__(self, plan: Plan, prebuilt: dict | None = None, load_notes: list[str] | None = None,
-                 profile: bool = False):
+                 profile: bool = False, native_workers: tuple | None = None):
         self.plan = plan
         self.profile = profile  # a profiling build: cycle stamps after every step (graphc/profile.py)
         # specialisations whose machine code came with an artifact: input shapes -> artifacts.Prebuilt
@@ -225,11 +229,12 @@ class LLVMExecutable:
         self.threads = threads
         self._lock = threading.Lock()
         self.specializations: dict[tuple, _Compiled] = {}
+        self.released_weight_bytes = 0  # weights now kept only as packed panels (packed_weights.py)
         self._workers = None
         if threads > 1:
             from .workers import NativeWorkers
 
-            self._workers = NativeWorkers(threads)
+            self._workers = NativeWorkers(threads, runtime=self._native_runtime(native_workers))
             weakref.finalize(self, self._workers.close)
         self._sync = _aligned_empty(SYNC_BYTES)
         self._sync_address = self._sync.ctypes.data
@@ -237,6 +242,23 @@ class LLVMExecutable:
         if all(dims is not None and all(isinstance(d, int) for d in dims) for dims in self._symbolic):
             shapes = tuple(tuple(d) for d in self._symbolic)
             self._specialize(shapes)
+
+    def _native_runtime(self, library: tuple | None):
+        """The thread pool's functions from the artifact's shared library (``(bytes, SHA-256)``), or None:
+        then workers.py builds them with LLVM."""
+        if library is None:
+            return None
+        from .native import NativeCode, load_shared
+
+        try:
+            code = NativeCode(load_shared(*library), shared=bytes(library[0]))
+        except (OSError, ValueError) as exc:
+            self.load_log.append(f"the thread pool's shared library cannot be loaded ({exc}); built with LLVM")
+            return None
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+        return (code, ctypes.CFUNCTYPE(None, ptr, i64)(code.address("graphc_worker")),
+                ctypes.CFUNCTYPE(None, ptr)(code.address("graphc_publish")),
+                ctypes.CFUNCTYPE(None, ptr, i64)(code.address("graphc_wait")))
 
     @staticmethod
     def _input_dims(v):
@@ -261,12 +283,15 @@ class LLVMExecutable:
         compiled = self.specializations.get(shapes)
         if compiled is None:
             kept = None if self.profile else self._prebuilt.pop(shapes, None)
-            program, object_code = self._from_artifact(kept, shapes) if kept is not None else (None, None)
+            program, object_code, native = (self._from_artifact(kept, shapes) if kept is not None
+                                             else (None, None, None))
             if program is None:
                 from .program import Program
 
                 program = Program(self.plan, self._bindings(shapes), list(shapes), threads=self.threads,
                                   profile=self.profile)
+                self.released_weight_bytes += program.released_bytes  # (packed_weights.py)
+                unbind_released_slots(program)
                 if kept is not None and kept.threads in (None, self.threads):
                     if kept.layout_sha256 == ir_digest(program):
                         object_code = kept.object_code
@@ -275,31 +300,42 @@ class LLVMExecutable:
                     else:  # another graphc made it, or the lowering changed: the kept code is not this program's
                         self.load_log.append(f"{list(shapes)}: the artifact's code does not match this build's "
                                              f"IR; re-JIT")
-            compiled = self.specializations[shapes] = _Compiled(program, object_code)
+            compiled = self.specializations[shapes] = _Compiled(program, object_code, native)
         return compiled
 
     def _from_artifact(self, kept, shapes: tuple):
-        """(StoredProgram, object code) when the artifact's code and layout can run as they are, else
-        (None, None) with the reason in the load log (the caller then lowers the plan again)."""
+        """(StoredProgram, object code, the loaded shared library or None) when the artifact's code and layout
+        can run as they are, else (None, None, None) with the reason in the load log (the caller then lowers
+        the plan again)."""
         from .layout import StoredProgram
 
         where = f"{list(shapes)}:"
         if kept.threads not in (None, self.threads):
             self.load_log.append(f"{where} the code was generated for {kept.threads} threads, this executable runs "
                                  f"{self.threads}; lowering again and re-JIT")
-            return None, None
+            return None, None, None
         if kept.layout is None:
-            return None, None
+            return None, None, None
         if not kept.plan_matches:
             self.load_log.append(f"{where} the plan is not the one the stored layout was made for; lowering again")
-            return None, None
+            return None, None, None
         try:
             program = StoredProgram(self.plan, kept.layout, kept.constants, list(shapes), kept.ir_text)
         except (ValueError, KeyError, TypeError) as exc:
             self.load_log.append(f"{where} the stored layout does not fit the plan ({exc}); lowering again")
-            return None, None
-        self.load_log.append(f"{where} machine code loaded from the artifact with its stored layout (no lowering)")
-        return program, kept.object_code
+            return None, None, None
+        native = None
+        if kept.library is not None:
+            from .native import NativeCode, load_shared
+
+            try:
+                native = NativeCode(load_shared(*kept.library), kept.object_code, shared=bytes(kept.library[0]))
+            except (OSError, ValueError) as exc:
+                self.load_log.append(f"{where} the shared library cannot be loaded ({exc}); its object code is")
+        how = "its shared library (no LLVM)" if native is not None else "its object code through LLVM"
+        self.load_log.append(f"{where} machine code loaded from the artifact with its stored layout (no lowering), "
+                             f"{how}")
+        return program, kept.object_code, native
 
     # -- artifacts --------------------------------------------------------------------------------------------
     def artifact_parts(self, plan_sha256: str | None = None) -> dict:
@@ -353,18 +389,21 @@ class LLVMExecutable:
             x = inputs[index]
             if not isinstance(x, np.ndarray):
                 raise InputError(f"input {program.plan.graph.inputs[index].name!r} must be an array")
-            table[slot] = x.ctypes.data
+            table[slot] = _address(x)
+        # outputs are fresh arrays each run, owned by the caller (nothing of a run is handed out twice)
         outputs: dict[int, np.ndarray] = {}
         for slot, shape, dtype in compiled.output_slots:
             out = outputs[slot] = np.empty(shape, dtype)
-            table[slot] = out.ctypes.data
+            table[slot] = _address(out)
         n = self.threads if self._workers is not None else 1
         if compiled.scratch_per_thread:
             if compiled.scratch is None or compiled.scratch.nbytes < compiled.scratch_per_thread * n:
                 compiled.scratch = _aligned_empty(compiled.scratch_per_thread * n)
             table[SCRATCH_SLOT] = compiled.scratch.ctypes.data
-        state = compiled.state = _RunState(compiled, inputs, outputs)
-        self._sync[:] = 0
+        plan = compiled.__dict__.get("run_plan") or _RunPlan(compiled)
+        # the run's view for fallback kernels and outputs without a slot of their own; most models need neither
+        state = compiled.state = _RunState(compiled, inputs, outputs) if plan.needs_state else None
+        self._sync.fill(0)
         table[SYNC_SLOT] = self._sync_address
         if self._workers is not None:
             status = self._workers.run(compiled.entry, compiled.entry_address, compiled.table_address,
@@ -372,41 +411,77 @@ class LLVMExecutable:
         else:
             status = [compiled.entry(compiled.table_address, 0, 1, self._sync_address, compiled.callback_address)]
         compiled.state = None
-        if state.error is not None:
+        if state is not None and state.error is not None:
             err = state.error
             if isinstance(err, GraphcError):
                 raise err
             raise ExecutionError(f"llvm backend fallback failed: {type(err).__name__}: {err}") from err
         code = max(status)
-        if code >= FIRST_ERROR_CODE and code - FIRST_ERROR_CODE < len(program.error_messages):
-            raise ExecutionError(program.error_messages[code - FIRST_ERROR_CODE])
         if code:
+            if code >= FIRST_ERROR_CODE and code - FIRST_ERROR_CODE < len(program.error_messages):
+                raise ExecutionError(program.error_messages[code - FIRST_ERROR_CODE])
             raise ExecutionError(f"llvm backend run ended with status {status}")
-        return self._collect(program, state, inputs)
+        return self._collect(plan, state, inputs, outputs)
 
-    def _collect(self, program, state: _RunState, inputs: list) -> list:
+    @staticmethod
+    def _collect(plan: "_RunPlan", state: "_RunState | None", inputs: list, outputs: dict) -> list:
+        results = []
+        for kind, what in plan.outputs:
+            if kind == "slot":
+                out = outputs[what]
+            elif kind == "const":
+                out = np.array(what, copy=True)
+            elif kind == "input":
+                out = np.array(inputs[what], copy=True)
+            else:
+                out = state.read(what)
+                if isinstance(out, np.ndarray) and any(np.may_share_memory(out, m) for m in state.compiled.memory.values()):
+                    out = out.copy()
+            results.append(out)
+        if plan.may_repeat:  # no two outputs share memory (one value listed twice, a view of another output)
+            for j, out in enumerate(results):
+                if isinstance(out, np.ndarray) and any(isinstance(o, np.ndarray) and np.may_share_memory(out, o)
+                                                       for o in results[:j]):
+                    results[j] = out.copy()
+        return results
+
+
+class _RunPlan:
+    """What every run of a specialisation does the same way, worked out on its first run: where each graph
+    output comes from, and whether a run needs a ``_RunState`` (fallback kernels, outputs read from the
+    program's storage)."""
+
+    def __init__(self, compiled: _Compiled):
+        program = compiled.program
         graph = program.plan.graph
         slot_of_output = {spec.index: i for i, spec in enumerate(program.slots) if spec.kind == "output"}
         input_pos = {id(v): i for i, v in enumerate(graph.inputs)}
-        results = []
-        seen: set[int] = set()
+        self.outputs: list[tuple[str, Any]] = []
         for j, v in enumerate(graph.outputs):
             if v.is_constant:
-                out = np.array(v.const, copy=True)
+                self.outputs.append(("const", v.const))
             elif id(v) in input_pos:
-                out = np.array(inputs[input_pos[id(v)]], copy=True)
+                self.outputs.append(("input", input_pos[id(v)]))
             elif j in slot_of_output:
-                out = state.outputs[slot_of_output[j]]
+                self.outputs.append(("slot", slot_of_output[j]))
             else:
-                out = state.read(v)
-                if isinstance(out, np.ndarray) and any(np.may_share_memory(out, m) for m in state.compiled.memory.values()):
-                    out = out.copy()
-            if isinstance(out, np.ndarray) and id(out) in seen:
-                out = out.copy()
-            if isinstance(out, np.ndarray):
-                seen.add(id(out))
-            results.append(out)
-        return results
+                self.outputs.append(("read", v))
+        kinds = [k for k, _ in self.outputs]
+        slots = [w for k, w in self.outputs if k == "slot"]
+        self.may_repeat = "read" in kinds or len(set(slots)) < len(slots)
+        self.needs_state = bool(program.fallbacks) or "read" in kinds
+        compiled.run_plan = self
+
+
+_char_at = ctypes.c_char.from_buffer
+
+
+def _address(x: np.ndarray) -> int:
+    """The address of a C-contiguous array's data. ``x.ctypes.data`` builds a helper object (about 1 µs,
+    measured); a writable buffer's address through ctypes takes a third of that."""
+    if x.flags.writeable and x.nbytes:
+        return ctypes.addressof(_char_at(x))
+    return x.ctypes.data
 
 
 def compile(plan: Plan) -> LLVMExecutable:
@@ -416,8 +491,9 @@ def compile(plan: Plan) -> LLVMExecutable:
 def compile_with_parts(plan: Plan, parts, plan_sha256: str | None = None) -> LLVMExecutable:
     """An executable for ``plan`` that uses the machine code (and, when ``plan_sha256`` is the one it was made
     for, the stored layout) an artifact kept, where it still fits; see artifacts.py."""
-    prebuilt, notes = prebuilt_from_parts(parts, plan_sha256)
-    return LLVMExecutable(plan, prebuilt, notes)
+    prebuilt, notes, workers = prebuilt_from_parts(parts, plan_sha256)
+    return LLVMExecutable(plan, prebuilt, notes, native_workers=workers)
 
 
 from .artifacts import artifact_parts, ir_digest, prebuilt_from_parts  # noqa: E402  (uses the classes above)
+from .packed_weights import unbind_released_slots  # noqa: E402

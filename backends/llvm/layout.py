@@ -68,6 +68,7 @@ class SlotSpec:
     array: np.ndarray | None = None  # const
     nbytes: int = 0  # arena/scratch/temp/output size
     value: Value | None = None  # output; for a const slot holding a weight as it is, that weight
+    unread: bool = False  # a weight's slot no kernel loads: ``array`` only names its dtype and shape, unbound
 
 
 @dataclass

@@ -36,6 +36,7 @@ from .kernel import (FUSED_EMITTERS, I8P, I32, I64, NODE_EMITTERS, KernelBuilder
                      Unsupported)
 from .layout import (ARENA_SLOT, BODY_TEMP_SLOT, ENTRY, ERROR_OFFSET, FIRST_ERROR_CODE, SCRATCH_SLOT,  # noqa: F401
                      SYNC_BYTES, SYNC_SLOT, TEMP_SLOT, FallbackStep, SlotSpec, Step, fallback_ops_of)
+from .packed_weights import release_after_kernel
 from .sync import barrier_function
 
 log = logging.getLogger("graphc.llvm")
@@ -51,6 +52,20 @@ def _align(n: int, a: int = 64) -> int:
     return -(-int(n) // a) * a
 
 
+class _SlotRecordingBuilder(KernelBuilder):
+    """A KernelBuilder that notes which slots its code loads. Every slot pointer a kernel uses is made by
+    ``KernelBuilder._slot_pointer`` (kernel.py); a weight whose slot no kernel loads was read only at compile
+    time (packed into panels, folded into the code), so a run never needs it as it is (packed_weights.py)."""
+
+    def __init__(self, program, name: str):
+        self.slots_read: set[int] = set()
+        super().__init__(program, name)
+
+    def _slot_pointer(self, slot: int, offset: int, elem):
+        self.slots_read.add(int(slot))
+        return super()._slot_pointer(slot, offset, elem)
+
+
 @dataclass
 class Program:
     """The lowered program: the LLVM module, the slot table layout and the steps (see module docstring)."""
@@ -64,6 +79,10 @@ class Program:
     slots: list[SlotSpec] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     fallbacks: list[FallbackStep] = field(default_factory=list)
+    # float32 matrices the code generators packed, until release_packed_weights (packed_weights.py) is done
+    packed_views: list = field(default_factory=list)
+    slots_read: set = field(default_factory=set)  # slots the generated kernels load (see _SlotRecordingBuilder)
+    released_bytes: int = 0  # weights now kept only as this program's panels
 
     ARENA_SLOT = ARENA_SLOT
     SCRATCH_SLOT = SCRATCH_SLOT
@@ -205,7 +224,8 @@ class Program:
         return all(self.storage_of(v) is not None for v in list(node.inputs) + list(node.outputs) if v is not None)
 
     def _try(self, node: Node, emit, label: str, *args) -> bool:
-        kb = KernelBuilder(self, self._fresh(node))
+        kb = _SlotRecordingBuilder(self, self._fresh(node))
+        self.packed_views = []  # (note_packed fills it for this kernel only)
         try:
             emit(kb, *args)
             kb.finish()
@@ -222,9 +242,13 @@ class Program:
             del self.module.globals[kb.name]
             for slot, _ in kb.pending_constants:
                 self.slots[slot] = SlotSpec("const", array=np.zeros(0, np.uint8))
+            self.packed_views = []
             return False
         for slot, array in kb.pending_constants:
             self.slots[slot] = SlotSpec("const", array=array)
+        self.slots_read.update(kb.slots_read)
+        # weights only this kernel reads and holds as exact panels stop being kept twice (packed_weights.py)
+        self.released_bytes += release_after_kernel(self, node, kb.slots_read)
         self._max_scratch = max(self._max_scratch, kb.scratch_bytes)
         self.steps.append(Step("kernel", kb.name, node, emitter=label, can_fail=kb.can_fail))
         self.emitted[label] = self.emitted.get(label, 0) + 1

@@ -11,13 +11,15 @@ runs thread 0 itself and waits for the others in ``graphc_wait``:
     word 6  fallback callback address                 word 8  threads done with this run
     word 16+tid  the status each worker's entry call returned
 
-A waiting worker spins on the generation with ``pause`` for tens of microseconds, then sleeps in steps growing
+A waiting worker spins on the generation with ``pause`` for about 50 µs, then sleeps in steps growing
 to 1 ms: back-to-back runs find it spinning (measured: a two-thread run of a one-op model takes 10 µs, against
 63 µs with Python threads parked on semaphores, which had to wake up and take the GIL); an idle model costs
 about a thousand wake-ups a second per worker, and the first run after a pause waits at most a millisecond.
 Spinning longer (a few hundred microseconds) slowed whatever ran next on the other core, as onnxruntime's own
-spinning threads slow us when the two are timed one after the other. x86's ``pause`` is used where the
-target has it.
+spinning threads (about 40 ms after each run) slow whatever follows them. Sleeping on a futex that the
+publisher wakes was tried (docs/benchmarks.md, fourth session): on this VM, after an idle pause, the next 10
+to 20 runs of a small model took 1-4 ms instead of 0.2 ms (woken threads are slow to get back on a core of
+their own), where the timed naps recover in 2 or 3 runs. x86's ``pause`` is used where the target has it.
 """
 
 from __future__ import annotations
@@ -25,25 +27,39 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
-from llvmlite import ir
 
-from .jit import JitModule, new_module, optimize
-from .kernel import I32, I64, VOID
+if TYPE_CHECKING:
+    from llvmlite import ir
+
+    from .jit import JitModule
+
+# LLVM (llvmlite, jit, kernel, sync) is imported where the runtime is built: a model loaded from an artifact
+# gets these functions from the artifact's shared library instead (native.py), without importing LLVM.
 
 WORDS = 64
-SPINS = 2_000  # pause instructions before the first nap (tens of microseconds on Zen 4)
+SPINS = 2_000  # pause instructions before the first nap (~50 µs on Zen 4)
 MAX_SLEEP_US = 1000
 ENTRY_CTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                ctypes.c_void_p)
 
 
 def _word(b: ir.IRBuilder, ctl: ir.Value, index: int) -> ir.Value:
+    from llvmlite import ir
+
+    from .kernel import I64
+
     return b.gep(ctl, [ir.Constant(I64, index)], inbounds=True)
 
 
 def _build_runtime() -> JitModule:
+    from llvmlite import ir
+
+    from .jit import JitModule, new_module, optimize
+    from .kernel import I32, I64, VOID
+
     module = new_module("graphc_workers")
     i64p = I64.as_pointer()
     x86 = module.triple.startswith(("x86_64", "i686", "i386"))
@@ -77,7 +93,11 @@ def _build_runtime() -> JitModule:
     ctl, tid = fn.args
     blocks = {n: fn.append_basic_block(n) for n in ("entry", "wait", "spin", "nap", "go", "run", "out")}
     b = ir.IRBuilder(blocks["entry"])
-    first_seen = b.load_atomic(_word(b, ctl, 0), "acquire", 8)
+    # Generation 0 is "no run yet": the control block is zeroed before the thread starts, and a run may be
+    # published before this thread gets here (reading the generation here instead missed that run, and its
+    # caller waited at the first barrier for ever: a race an artifact's fast load, with no lowering between
+    # the pool's start and the first run, made likely)
+    first_seen = ir.Constant(I64, 0)
     b.branch(blocks["wait"])
 
     b.position_at_end(blocks["wait"])  # seen: the generation already served; spins; sleep: current nap
@@ -142,9 +162,10 @@ def _runtime():
 class NativeWorkers:
     """``n - 1`` worker threads waiting in native code; :meth:`run` runs an entry function on all ``n``."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, runtime: tuple | None = None):
         self.n = n
-        self._jit, worker, self._publish, self._wait = _runtime()
+        # runtime: (code kept alive, worker, publish, wait) from an artifact's shared library; else built here
+        self._jit, worker, self._publish, self._wait = runtime or _runtime()
         self.control = np.zeros(WORDS, np.int64)
         self._address = self.control.ctypes.data
         self._closed = False

@@ -7,7 +7,8 @@ Mistakes are reported by input name with the expected and the given type, e.g.::
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping  # (typing.Mapping's isinstance is several times slower: per run)
+from typing import Any
 
 import numpy as np
 

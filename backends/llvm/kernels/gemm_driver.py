@@ -34,6 +34,7 @@ from llvmlite import ir
 from ..kernel import F32, I64, KernelBuilder, Unsupported, builder_loop
 from .microkernel import (BF16, VBF_PAIRS, VEC, VT, mask_constant, microkernel, pack_a_const, pack_a_const_bf16,
                           pack_b_const, pack_b_const_bf16, tile_shape)
+from ..packed_weights import note_packed
 
 L2_BLOCK_BYTES = 256 * 1024  # a packed K x NC block of B stays in L2 (1 MiB per core here) next to an A panel
 MAX_RUNTIME_PACK_BYTES = 32 << 20  # per-thread scratch for a runtime-packed A (larger GEMMs are declined)
@@ -86,6 +87,8 @@ class ConstA:
         self.base = kb.constant_array(packed, F32)
         self.per_batch = (-(-m // mr)) * mr * ksteps
         self.batch_index = np.asarray(batch_index, np.int64)
+        for i in range(nb):  # the panels are the weight's only copy once lowered (packed_weights.py)
+            note_packed(kb, mats[i], packed, i * self.per_batch, "a", mr)
 
     def prepare(self, bi, p_lo, p_hi) -> None:
         self._off = batch_table(self.kb, self.batch_index * self.per_batch, bi)
@@ -184,6 +187,7 @@ class ConstB:
         packed = np.empty(nb * per, np.uint32 if bf16 else np.float32)  # one allocation, each batch in place
         for i in range(nb):
             pack(mats[i].astype(np.float32, copy=False), nr, packed[i * per:(i + 1) * per])
+            note_packed(kb, mats[i], packed, i * per, "b", nr)  # the weight's only copy once lowered
         self.base = kb.constant_array(packed, F32)
         self.per_batch = (-(-n // nr)) * nr * k
         self.batch_index = np.asarray(batch_index, np.int64)

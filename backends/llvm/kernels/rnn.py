@@ -10,9 +10,9 @@ Layout of the work: ``W`` and ``R`` are stored transposed (``[input, 4H]``, ``[H
 gate pre-activations is a sum of weight-row slices scaled by broadcast inputs, held in four 16-lane
 registers over the whole reduction. First the input projection of every step at once (``x @ WT + bias`` for
 all (step, batch) rows, column block by column block so that a WT block stays in cache while the rows stream
-past); then per step only ``h @ RT`` (H x 4H floats, the one weight read per step) and the cell. The
-recurrence is sequential, so one thread runs the kernel (the others return at once); splitting the gate
-blocks across cores would need a barrier per step inside the kernel (a later improvement).
+past); then per step only ``h @ RT`` (H x 4H floats, the one weight read per step) and the cell. With H a
+multiple of 16 the steps are shared between the run's threads (``_emit_parallel``); otherwise one thread runs
+the recurrence (the others return at once).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from ..kernel import F32, I64, KernelBuilder, Unsupported, node_emitter
+from ..kernel import F32, I32, I64, KernelBuilder, Unsupported, node_emitter
+from ..sync import add_and_wake_function, wait_at_least_function
 from .mathfns import Lanes, sigmoid, tanh
 
 _DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
@@ -276,9 +277,18 @@ def _emit_parallel(kb: KernelBuilder, node, p: dict) -> None:
     The 4H gate columns are permuted at compile time so that column block q (64 columns) holds the i, o, f, c
     pre-activations of hidden units 16q .. 16q+15: a block's four register accumulators are then exactly what
     the cell of those units needs, so gates never go to memory, and a thread that owns blocks [q0, q1) owns
-    those hidden units' cell state too. Each thread keeps its slice of R (H x 64 columns per block) hot in its
-    own cache from step to step. h is double-buffered in shared memory (a step reads all of h and writes its
-    own units), with one barrier per step; the input projection of every step comes first, split the same way.
+    those hidden units' cell state too. h is double-buffered in shared memory (a step reads all of h and writes
+    its own units); the input projection of every step comes first, split by blocks, then one barrier.
+
+    The steps are not separated by barriers but by *claims*: block q of step s is run by whichever thread
+    moves its claim word from s to s + 1 (compare-and-swap), and a step may start once ``done`` (blocks
+    finished, all steps) reaches s * (H / 16). Each thread claims its own blocks first (so its slice of R, H x
+    64 columns per block, stays hot in its cache from step to step), then takes the blocks other threads have
+    not claimed yet. A thread descheduled by the OS (another process on its core) therefore holds up nobody
+    unless it was inside a block: the others run its blocks. With a barrier per step, one busy process on a
+    two-core machine made steps wait for a scheduler slice (the LSTM LM, 2 threads: 2.3 ms unloaded, 12.3 ms
+    next to a busy process with a barrier per step, 6.4-7.0 ms with claims; docs/benchmarks.md, fourth session). Every block is computed once, with the same instructions whoever
+    runs it, so results do not depend on the threads.
     """
     b = kb.builder
     seq, batch, hidden, dirs = p["seq"], p["batch"], p["hidden"], p["dirs"]
@@ -299,6 +309,16 @@ def _emit_parallel(kb: KernelBuilder, node, p: dict) -> None:
     q0, q1 = kb.thread_range(nq)
     ln = Lanes(kb.module, b, VEC)
     vt = ln.ty(F32)
+    # claim words, each on its own cache line: line 0 holds ``done`` (blocks finished, all steps) and the
+    # sleepers count of its futex; line 1 + q the number of steps whose block q has been claimed
+    words = kb.shared_scratch(64 * (nq + 1), I32)
+    done = b.gep(words, [kb.i64(0)], inbounds=True)
+    sleepers = b.gep(words, [kb.i64(1)], inbounds=True)
+    claims = b.gep(words, [kb.i64(16)], inbounds=True)
+    wait, add = wait_at_least_function(kb.module), add_and_wake_function(kb.module)
+    count = ir.IRBuilder(kb.function.entry_basic_block)
+    count.position_at_start(kb.function.entry_basic_block)
+    count = count.alloca(I32, name="lstm.claimed")  # blocks this thread ran in the current step
 
     def vload(ptr, idx):
         return b.load(b.bitcast(b.gep(ptr, [idx], inbounds=True), vt.as_pointer()), align=4)
@@ -307,6 +327,9 @@ def _emit_parallel(kb: KernelBuilder, node, p: dict) -> None:
         b.store(v, b.bitcast(b.gep(ptr, [idx], inbounds=True), vt.as_pointer()), align=4)
 
     for d in range(dirs):
+        with b.if_then(b.icmp_unsigned("==", kb.tid, kb.i64(0))):
+            with kb.for_range(0, 16 * (nq + 1), name="zero") as i:
+                b.store(ir.Constant(I32, 0), b.gep(words, [i], inbounds=True))
         wt = kb.constant_array(_blocked(p["W"][d].T[:, perm]))
         rt = kb.constant_array(_blocked(p["R"][d].T[:, perm]))
         bias = np.zeros(g4, np.float32) if p["B"] is None else (p["B"][d][:g4] + p["B"][d][g4:]).astype(np.float32)
@@ -325,29 +348,41 @@ def _emit_parallel(kb: KernelBuilder, node, p: dict) -> None:
             with kb.for_range(0, rows, name="pr") as r:
                 _block(kb, xw, b.mul(r, kb.i64(g4)), bp, kb.i64(0), [(x, b.mul(r, kb.i64(n_in)), wt, n_in)], g4, jb,
                        blocked=True)
-        kb.barrier()  # h0 and every step's projection are complete
+        kb.barrier()  # h0, every step's projection and the claim words are ready
         reverse = p["reverse"] or d == 1
-        with kb.for_range(0, seq, name="step") as s:
+
+        def compute(s, q) -> None:
+            """Block q (hidden units 16q .. 16q+15, every batch row) of step s: gates, cell, h, y."""
             t = b.sub(kb.i64(seq - 1), s) if reverse else s
             parity = b.and_(s, kb.i64(1))
             h_cur = b.gep(hbuf, [b.mul(parity, kb.i64(batch * hidden))])
             h_next = b.gep(hbuf, [b.mul(b.xor(parity, kb.i64(1)), kb.i64(batch * hidden))])
-            with kb.for_range(q0, q1, name="sq") as q:
-                jb = b.mul(q, kb.i64(width))
-                j = b.mul(q, kb.i64(VEC))
-                with kb.for_range(0, batch, name="sb") as bi:
-                    xw_at = b.mul(b.add(b.mul(t, kb.i64(batch)), bi), kb.i64(g4))
-                    gi, go, gf, gc = _block(kb, None, None, xw, xw_at, [(h_cur, b.mul(bi, kb.i64(hidden)), rt, hidden)],
-                                            g4, jb, store=False, blocked=True)
-                    at = b.add(b.mul(bi, kb.i64(hidden)), j)
-                    c_new = b.fadd(b.fmul(sigmoid(ln, gf), vload(cbuf, at)), b.fmul(sigmoid(ln, gi), tanh(ln, gc)))
-                    h_new = b.fmul(sigmoid(ln, go), tanh(ln, c_new))
-                    vstore(c_new, cbuf, at)
-                    vstore(h_new, h_next, at)
-                    if y_ptr is not None:
-                        y_at = b.add(b.mul(b.add(b.mul(t, kb.i64(dirs)), kb.i64(d)), kb.i64(batch * hidden)), at)
-                        vstore(h_new, y_ptr, y_at)
-            kb.barrier()  # every unit's h for this step is written before the next step reads all of h
+            jb = b.mul(q, kb.i64(width))
+            j = b.mul(q, kb.i64(VEC))
+            with kb.for_range(0, batch, name="sb") as bi:
+                xw_at = b.mul(b.add(b.mul(t, kb.i64(batch)), bi), kb.i64(g4))
+                gi, go, gf, gc = _block(kb, None, None, xw, xw_at, [(h_cur, b.mul(bi, kb.i64(hidden)), rt, hidden)],
+                                        g4, jb, store=False, blocked=True)
+                at = b.add(b.mul(bi, kb.i64(hidden)), j)
+                c_new = b.fadd(b.fmul(sigmoid(ln, gf), vload(cbuf, at)), b.fmul(sigmoid(ln, gi), tanh(ln, gc)))
+                h_new = b.fmul(sigmoid(ln, go), tanh(ln, c_new))
+                vstore(c_new, cbuf, at)
+                vstore(h_new, h_next, at)
+                if y_ptr is not None:
+                    y_at = b.add(b.mul(b.add(b.mul(t, kb.i64(dirs)), kb.i64(d)), kb.i64(batch * hidden)), at)
+                    vstore(h_new, y_ptr, y_at)
+
+        with kb.for_range(0, seq, name="step") as s:
+            s32 = b.trunc(s, I32)
+            b.call(wait, [done, b.trunc(b.mul(s, kb.i64(nq)), I32), sleepers])  # step s - 1 is complete
+            b.store(ir.Constant(I32, 0), count)
+            with kb.for_range(q0, q1, name="own") as q:  # this thread's blocks first (their R is in its cache)
+                _claim_and_run(kb, claims, q, s32, count, lambda q=q: compute(s, q))
+            _steal(kb, claims, s32, count, nq, lambda q: compute(s, q))
+            did = b.load(count)
+            with b.if_then(b.icmp_unsigned("!=", did, ir.Constant(I32, 0))):
+                b.call(add, [done, did, sleepers])
+        b.call(wait, [done, ir.Constant(I32, seq * nq), sleepers])  # every step, whoever ran its blocks
         h_last = b.gep(hbuf, [kb.i64((seq % 2) * batch * hidden)])
         for out, state in ((Yh, h_last), (Yc, cbuf)):
             if out is None:
@@ -359,6 +394,54 @@ def _emit_parallel(kb: KernelBuilder, node, p: dict) -> None:
                     vstore(vload(state, at), dst, b.add(at, kb.i64(d * batch * hidden)))
         if d + 1 < dirs:
             kb.barrier()  # the next direction reuses the shared buffers
+
+
+def _claim_and_run(kb: KernelBuilder, claims, q, s32, count, run) -> ir.Value:
+    """Claim block ``q`` of step ``s32`` (its word goes from s to s + 1, once, whoever gets there first) and,
+    if this thread got it, ``run()`` it and count it. Returns the i1 "claimed"."""
+    b = kb.builder
+    word = b.gep(claims, [b.mul(q, kb.i64(16))], inbounds=True)
+    pair = b.cmpxchg(word, s32, b.add(s32, ir.Constant(I32, 1)), "monotonic", "monotonic")
+    got = b.extract_value(pair, 1)
+    with b.if_then(got):
+        run()
+        b.store(b.add(b.load(count), ir.Constant(I32, 1)), count)
+    return got
+
+
+def _steal(kb: KernelBuilder, claims, s32, count, nq: int, run) -> None:
+    """Run the blocks of step ``s32`` the other threads have not claimed yet. Each thread walks its own blocks
+    forward, so a thief walks a victim's range backward from its end and moves on to the next victim at the
+    first block already taken (they have met): in a balanced run that is one failed look per victim."""
+    b = kb.builder
+    n = kb.nthreads
+    with kb.for_range(1, n, name="victim") as k:
+        u = b.urem(b.sub(b.add(kb.tid, n), k), n)
+        lo = b.udiv(b.mul(kb.i64(nq), u), n)
+        hi = b.udiv(b.mul(kb.i64(nq), b.add(u, kb.i64(1))), n)
+        pre = b.block
+        head = b.append_basic_block("steal.cond")
+        look = b.append_basic_block("steal.look")
+        take = b.append_basic_block("steal.take")
+        taken = b.append_basic_block("steal.next")
+        out = b.append_basic_block("steal.end")
+        b.branch(head)
+        b.position_at_end(head)
+        j = b.phi(I64, name="steal.j")  # one past the block to look at
+        j.add_incoming(hi, pre)
+        b.cbranch(b.icmp_signed(">", j, lo), look, out)
+        b.position_at_end(look)
+        q = b.sub(j, kb.i64(1))
+        word = b.gep(claims, [b.mul(q, kb.i64(16))], inbounds=True)
+        free = b.icmp_unsigned("==", b.load_atomic(word, "monotonic", 4), s32)  # a plain look first: no RFO
+        b.cbranch(free, take, out)
+        b.position_at_end(take)
+        got = _claim_and_run(kb, claims, q, s32, count, lambda: run(q))
+        b.cbranch(got, taken, out)
+        b.position_at_end(taken)
+        j.add_incoming(q, taken)
+        b.branch(head)
+        b.position_at_end(out)
 
 
 def _blocked(wt: np.ndarray) -> np.ndarray:
