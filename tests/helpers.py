@@ -74,3 +74,30 @@ def rewrite_artifact_part(path, name, mutate, rehash=False) -> None:
         manifest["parts"][name] = {"sha256": hashlib.sha256(parts[name]).hexdigest(), "size": len(parts[name])}
         parts["manifest.json"] = json.dumps(manifest).encode()
     write_artifact_parts(path, parts)
+
+
+def lstm_model(hidden: int, batch: int, seq: int, direction: str, n_in: int = 24, seed: int = 0,
+               weight_scale: float = 0.2, state_scale: float = 0.5):
+    """One ONNX LSTM node (opset 14, bias and initial states given) and seeded feeds for it."""
+    rng = np.random.default_rng(seed)
+    dirs = 2 if direction == "bidirectional" else 1
+    w = numpy_helper.from_array(weight_scale * rng.standard_normal((dirs, 4 * hidden, n_in)).astype(np.float32), "W")
+    r = numpy_helper.from_array(weight_scale * rng.standard_normal((dirs, 4 * hidden, hidden)).astype(np.float32),
+                                "R")
+    bias = numpy_helper.from_array(rng.standard_normal((dirs, 8 * hidden)).astype(np.float32) * 0.1, "B")
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "yh", "yc"],
+                            hidden_size=hidden, direction=direction)
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node], "lstm",
+        [helper.make_tensor_value_info("x", f, [seq, batch, n_in]),
+         helper.make_tensor_value_info("h0", f, [dirs, batch, hidden]),
+         helper.make_tensor_value_info("c0", f, [dirs, batch, hidden])],
+        [helper.make_tensor_value_info("y", f, [seq, dirs, batch, hidden]),
+         helper.make_tensor_value_info("yh", f, [dirs, batch, hidden]),
+         helper.make_tensor_value_info("yc", f, [dirs, batch, hidden])], initializer=[w, r, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    feeds = {"x": rng.standard_normal((seq, batch, n_in)).astype(np.float32),
+             "h0": rng.standard_normal((dirs, batch, hidden)).astype(np.float32) * state_scale,
+             "c0": rng.standard_normal((dirs, batch, hidden)).astype(np.float32) * state_scale}
+    return model, feeds

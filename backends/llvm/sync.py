@@ -116,6 +116,31 @@ def _word(b: ir.IRBuilder, base: ir.Value, offset: int) -> ir.Value:
     return b.bitcast(b.gep(base, [ir.Constant(I64, offset)]), I32.as_pointer())
 
 
+def _sleep_until(module: ir.Module, fn: ir.Function, b: ir.IRBuilder, sleepers: ir.Value, done: ir.Block,
+                 released, futex_word: ir.Value, timeout: ir.Value | None = None) -> None:
+    """Emit, where ``b`` stands: count this thread in ``*sleepers``, sleep until ``released(builder)`` (seq_cst
+    loads; returns ``(flag, value the futex waits on while it holds)``), uncount it and branch to ``done``.
+
+    seq_cst on the sleepers increment and on the check that follows it, as on the waker's side (its update,
+    then its read of ``*sleepers``): either this thread sees the update or the waker sees the sleeper, so no
+    wake-up is lost. Without a futex (not Linux) it naps in ``usleep`` steps instead."""
+    check, nap, unsleep = (fn.append_basic_block(n) for n in ("sleep.check", "sleep.nap", "sleep.unsleep"))
+    b.atomic_rmw("add", sleepers, ir.Constant(I32, 1), "seq_cst")
+    b.branch(check)
+    b.position_at_end(check)
+    ok, expected = released(b)
+    b.cbranch(ok, unsleep, nap)
+    b.position_at_end(nap)
+    if futex_number(module) is not None:
+        futex_wait(module, b, futex_word, expected, timeout)  # returns at once if the word moved meanwhile
+    else:
+        usleep(module, b, ir.Constant(I32, NAP_US))
+    b.branch(check)
+    b.position_at_end(unsleep)
+    b.atomic_rmw("sub", sleepers, ir.Constant(I32, 1), "seq_cst")
+    b.branch(done)
+
+
 def barrier_function(module: ir.Module) -> ir.Function:
     existing = module.globals.get(BARRIER)
     if existing is not None:
@@ -124,7 +149,7 @@ def barrier_function(module: ir.Module) -> ir.Function:
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     sync, nthreads = fn.args
-    names = ("entry", "arrive", "last", "wake", "wait", "spin", "sleep", "nap", "nap.check", "unsleep", "done")
+    names = ("entry", "arrive", "last", "wake", "wait", "spin", "sleep", "done")
     blocks = {n: fn.append_basic_block(n) for n in names}
     use_futex = futex_number(module) is not None
     b = ir.IRBuilder(blocks["entry"])
@@ -175,19 +200,8 @@ def barrier_function(module: ir.Module) -> ir.Function:
 
     # then sleep until the generation moves (or the abort word is set)
     b.position_at_end(blocks["sleep"])
-    b.atomic_rmw("add", sleepers, ir.Constant(I32, 1), "seq_cst")
-    b.branch(blocks["nap.check"])
-    b.position_at_end(blocks["nap.check"])
-    b.cbranch(released(b, "seq_cst"), blocks["unsleep"], blocks["nap"])
-    b.position_at_end(blocks["nap"])
-    if use_futex:
-        futex_wait(module, b, generation, gen, timeout)
-    else:
-        usleep(module, b, ir.Constant(I32, NAP_US))
-    b.branch(blocks["nap.check"])
-    b.position_at_end(blocks["unsleep"])
-    b.atomic_rmw("sub", sleepers, ir.Constant(I32, 1), "seq_cst")
-    b.branch(blocks["done"])
+    _sleep_until(module, fn, b, sleepers, blocks["done"], lambda builder: (released(builder, "seq_cst"), gen),
+                 generation, timeout)
 
     b.position_at_end(blocks["done"])
     b.ret_void()
@@ -210,9 +224,8 @@ def wait_at_least_function(module: ir.Module) -> ir.Function:
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     counter, target, sleepers = fn.args
-    names = ("entry", "spin", "relax", "sleep", "check", "nap", "unsleep", "done")
+    names = ("entry", "spin", "relax", "sleep", "done")
     blocks = {n: fn.append_basic_block(n) for n in names}
-    use_futex = futex_number(module) is not None
     b = ir.IRBuilder(blocks["entry"])
     b.branch(blocks["spin"])
 
@@ -231,20 +244,12 @@ def wait_at_least_function(module: ir.Module) -> ir.Function:
     b.cbranch(tired, blocks["sleep"], blocks["spin"])
 
     b.position_at_end(blocks["sleep"])
-    b.atomic_rmw("add", sleepers, ir.Constant(I32, 1), "seq_cst")
-    b.branch(blocks["check"])
-    b.position_at_end(blocks["check"])
-    now, ok = reached(b, "seq_cst")
-    b.cbranch(ok, blocks["unsleep"], blocks["nap"])
-    b.position_at_end(blocks["nap"])
-    if use_futex:
-        futex_wait(module, b, counter, now)  # returns at once if the counter moved since it was read
-    else:
-        usleep(module, b, ir.Constant(I32, NAP_US))
-    b.branch(blocks["check"])
-    b.position_at_end(blocks["unsleep"])
-    b.atomic_rmw("sub", sleepers, ir.Constant(I32, 1), "seq_cst")
-    b.branch(blocks["done"])
+
+    def counted(builder: ir.IRBuilder) -> tuple[ir.Value, ir.Value]:
+        now, ok = reached(builder, "seq_cst")
+        return ok, now
+
+    _sleep_until(module, fn, b, sleepers, blocks["done"], counted, counter)
     b.position_at_end(blocks["done"])
     b.ret_void()
     return fn
