@@ -123,3 +123,30 @@ def test_every_zoo_model_on_two_cpu_devices_matches_one(name):
             np.testing.assert_allclose(got[out], want[out], rtol=1e-5, atol=1e-7)
     finally:
         two.executable.close()
+
+
+def test_a_stage_runs_a_micro_batch_once_its_inputs_and_permission_are_in():
+    from graphc.runtime.multidevice import _StageInbox, needs_feed
+
+    # reads a graph input and stage 0's output 1: needs the feed (inputs) and stage 0's outputs
+    inbox = _StageInbox([("input", "x"), ("stage", 0, 1)], {0})
+    assert needs_feed(inbox.routing)
+    inbox.upstream_done(0, 0, ["a0", "b0"])
+    assert inbox.pop_runnable() is None  # no feed yet: its slots may still be in use
+    inbox.feed(1, {"x": "x1"})
+    inbox.feed(0, {"x": "x0"})
+    assert inbox.pop_runnable() == (0, ["x0", "b0"])
+    assert inbox.pop_runnable() is None  # micro-batch 1 waits for stage 0
+    inbox.upstream_done(1, 0, ["a1", "b1"])
+    assert inbox.pop_runnable() == (1, ["x1", "b1"])
+    # reads only other stages: their having run the micro-batch is the permission; no feed is sent to it
+    middle = _StageInbox([("stage", 0, 0), ("stage", 1, 0)], {0, 1})
+    assert not needs_feed(middle.routing)
+    middle.upstream_done(3, 1, ["c3"])
+    middle.upstream_done(2, 0, ["a2"])
+    assert middle.pop_runnable() is None
+    middle.upstream_done(2, 1, ["c2"])
+    middle.upstream_done(3, 0, ["a3"])
+    assert [middle.pop_runnable(), middle.pop_runnable()] == [(2, ["a2", "c2"]), (3, ["a3", "c3"])]
+    # reads nothing at all (a stage of constants): the feed is its only trigger
+    assert needs_feed([])

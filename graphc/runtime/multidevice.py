@@ -104,15 +104,23 @@ def _write_slot(buf, base: int, capacity: int, arrays: Sequence[Any]) -> list[tu
 
 
 # ============================================================================================ the worker
+def needs_feed(routing: list[tuple]) -> bool:
+    """Whether a stage gets a ``feed`` from the coordinator for each micro-batch: when it reads graph inputs,
+    or reads no other stage. Any other stage runs ``seq`` once its upstream stages have, which they did only
+    after the coordinator fed ``seq``: the permission to reuse ``seq``'s ring slots has already been given."""
+    return any(src[0] == "input" for src in routing) or not any(src[0] == "stage" for src in routing)
+
+
 class _StageInbox:
     """What a worker knows of each micro-batch it has not run yet: the coordinator's ``feed`` (the graph inputs
     it reads, and the permission to run: the coordinator feeds micro-batch ``seq`` only once the ring slots it
-    will reuse are free) and the outputs of each upstream stage it reads (sent to it directly by those
-    workers). A micro-batch is runnable when all of them are in; the smallest such one runs first."""
+    will reuse are free; see :func:`needs_feed`) and the outputs of each upstream stage it reads (sent to it
+    directly by those workers). A micro-batch is runnable when all of them are in; the smallest runs first."""
 
     def __init__(self, routing: list[tuple], upstream_stages: set[int]):
         self.routing = routing
         self.upstream = upstream_stages
+        self.fed = needs_feed(routing)
         self.feeds: dict[int, dict[str, tuple]] = {}
         self.outputs: dict[int, dict[int, list]] = {}
 
@@ -123,11 +131,12 @@ class _StageInbox:
         self.outputs.setdefault(seq, {})[stage] = descs
 
     def pop_runnable(self) -> tuple[int, list[tuple]] | None:
-        ready = [q for q in self.feeds if self.upstream <= self.outputs.get(q, {}).keys()]
+        candidates = self.feeds if self.fed else self.outputs
+        ready = [q for q in candidates if self.upstream <= self.outputs.get(q, {}).keys()]
         if not ready:
             return None
         seq = min(ready)
-        feed, ups = self.feeds.pop(seq), self.outputs.pop(seq, {})
+        feed, ups = self.feeds.pop(seq, {}), self.outputs.pop(seq, {})
         return seq, [feed[src[1]] if src[0] == "input" else ups[src[1]][src[2]] for src in self.routing]
 
 
@@ -529,9 +538,9 @@ class MultiDeviceExecutable(PartitionedExecutable):
         sizes, input_bytes = self._slot_sizes(batches)
         pool.ensure_rings(self, sizes, input_bytes)
         depth, R = self.depth, len(self.groups)
-        stages = range(len(self.split.stages))
         index_of = [{n: i for i, n in enumerate(st.outputs)} for st in self.split.stages]
         graph_inputs_of = [[src[1] for src in rt if src[0] == "input"] for rt in self.stage_routing()]
+        fed = [s for s, rt in enumerate(self.stage_routing()) if needs_feed(rt)]
         reporting = sorted(self.reporting_stages())
         results: list[list | None] = [None] * len(batches)
         produced: dict[tuple[int, int], list] = {}     # (seq, reporting stage) -> output descriptors
@@ -542,12 +551,12 @@ class MultiDeviceExecutable(PartitionedExecutable):
             w.spans.clear()
 
         def inject(seq: int) -> None:
-            """Write micro-batch ``seq``'s inputs into its slot and feed every stage of its replica."""
+            """Write micro-batch ``seq``'s inputs into its slot and feed the stages of its replica that need it."""
             ring = pool.input_ring
             descs = _write_slot(ring.shm.buf, (seq % depth) * ring.slot_bytes, ring.slot_bytes, batches[seq])
             by_name = {name: (("shm", ring.name) + d[1:] if d[0] == "shm" else d)
                        for name, d in zip(self._inputs, descs)}
-            for s in stages:
+            for s in fed:
                 pool.workers[(seq % R, s)].conn.send(("feed", seq, {n: by_name[n] for n in graph_inputs_of[s]}))
 
         def finish(seq: int) -> None:
