@@ -43,7 +43,7 @@ import traceback
 import types
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
-from multiprocessing.connection import wait
+import selectors
 from typing import Any, Sequence
 
 import numpy as np
@@ -60,6 +60,23 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "N
 
 def _aligned(n: int) -> int:
     return -(-int(n) // ALIGN) * ALIGN
+
+
+class _Waiter:
+    """``ready(timeout)``: which of a fixed set of connections / process sentinels can be read, from one
+    selector registered once (``multiprocessing.connection.wait`` builds and fills a new one per call: tens
+    of microseconds on every hand-over, on cores that run stages)."""
+
+    def __init__(self, objects):
+        self._selector = selectors.DefaultSelector()
+        for obj in objects:
+            self._selector.register(obj, selectors.EVENT_READ)
+
+    def ready(self, timeout: float | None = None) -> list:
+        return [key.fileobj for key, _ in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        self._selector.close()
 
 
 # ============================================================================================ shared memory
@@ -187,10 +204,11 @@ def _worker_main(conn, spec: dict, upstream: list, downstream: list) -> None:  #
     report = bool(spec["report"])
     inbox = _StageInbox([tuple(r) for r in spec["routing"]], {int(t) for t, _ in upstream})
     from_stage = {c: int(t) for t, c in upstream}
+    waiter = _Waiter([conn, *from_stage])
     ring = None
     while True:
         try:
-            for source in wait([conn] + list(from_stage)):
+            for source in waiter.ready():
                 while source.poll():
                     msg = source.recv()
                     if source is not conn:
@@ -285,6 +303,7 @@ class _Pool:
         self.blocks: list[shared_memory.SharedMemory] = []
         self.input_ring: _Ring | None = None
         self.closed = False
+        self._waiter: _Waiter | None = None  # over every worker's pipe and sentinel, made at the first poll
         ctx = mp.get_context(exe.start_method)
         weight_blocks = [self._weights_block(st) for st in exe.split.stages]
         routing = exe.stage_routing()
@@ -350,9 +369,12 @@ class _Pool:
 
     def poll(self, exe: "MultiDeviceExecutable", timeout: float) -> list[tuple[tuple[int, int], tuple]]:
         """Messages that arrived (heartbeats consumed here); raises on a dead, hung or stuck worker."""
-        by_conn = {w.conn: key for key, w in self.workers.items()}
-        by_sentinel = {w.process.sentinel: key for key, w in self.workers.items()}
-        ready = wait(list(by_conn) + list(by_sentinel), timeout)
+        if self._waiter is None:
+            self._by_conn = {w.conn: key for key, w in self.workers.items()}
+            self._by_sentinel = {w.process.sentinel: key for key, w in self.workers.items()}
+            self._waiter = _Waiter([*self._by_conn, *self._by_sentinel])
+        by_conn, by_sentinel = self._by_conn, self._by_sentinel
+        ready = self._waiter.ready(timeout)
         now = time.monotonic()
         out = []
         for obj in ready:
@@ -406,6 +428,8 @@ class _Pool:
         if self.closed:
             return
         self.closed = True
+        if self._waiter is not None:
+            self._waiter.close()
         for w in self.workers.values():
             try:
                 w.conn.send(("stop",))
