@@ -82,3 +82,14 @@ def test_an_input_a_constant_and_a_value_twice_as_outputs():
         np.testing.assert_array_equal(k, np.arange(3, dtype=np.float32))
         assert not np.shares_memory(x_out, x)  # a copy: the caller's input is not handed back
         assert y is not y_again and not np.shares_memory(y, y_again)
+
+
+def test_arrays_of_ml_dtypes_pass_through_the_run_path():
+    """bfloat16 / float8 arrays export no buffer to ctypes; their address is taken the slow way (the ONNX
+    Cast and QuantizeLinear tests to float8 found it)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from graphc.backends.llvm.executable import _address
+
+    for dtype in (ml_dtypes.bfloat16, ml_dtypes.float8_e5m2, np.float32):
+        x = np.arange(8).astype(dtype)
+        assert _address(x) == x.ctypes.data
