@@ -2,6 +2,7 @@
 
     python bench/memory_and_load.py                      # all 9 zoo models, random weights
     python bench/memory_and_load.py --models resnet50 --threads 2 --repeat 3
+    python bench/memory_and_load.py --models torch:mlp,torch:transformer   # PyTorch-exported (needs torch)
 
 A child writes each model (random weights) to ``NAME.onnx`` and seeded inputs to ``NAME.npz`` once; then, per
 model and engine, a fresh child process is given the file the way a user gives it to that engine and reports its
@@ -33,11 +34,17 @@ import json, resource, sys, time
 mode, onnx_path, feeds_path, gcx_path, threads = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 import numpy as np
 if mode == "prepare":
-    import onnx
-    from graphc import zoo
+    import os, onnx
     name = gcx_path
-    proto = zoo.load(name, weights="random")
-    np.savez(feeds_path, **zoo.sample_inputs(proto, seed=1))
+    if name.startswith("torch:"):  # exported from PyTorch's modules (bench/torch_models.py; needs torch)
+        sys.path.insert(0, os.environ["GRAPHC_BENCH_DIR"])
+        from torch_models import export
+        proto, feeds, _ = export(name[len("torch:"):])
+        np.savez(feeds_path, **feeds)
+    else:
+        from graphc import zoo
+        proto = zoo.load(name, weights="random")
+        np.savez(feeds_path, **zoo.sample_inputs(proto, seed=1))
     onnx.save(proto, onnx_path)
     print("{}")
     sys.exit(0)
@@ -71,7 +78,9 @@ print(json.dumps(out))
 
 
 def child(mode: str, files: tuple[str, str, str], threads: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, mode, *files, str(threads)], capture_output=True, text=True)
+    env = dict(os.environ, GRAPHC_BENCH_DIR=os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", CHILD, mode, *files, str(threads)], capture_output=True, text=True,
+                          env=env)
     if done.returncode:
         raise SystemExit(f"{mode} child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -100,7 +109,8 @@ def main() -> int:
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            files = tuple(os.path.join(tmp, f"{name}.{ext}") for ext in ("onnx", "npz", "gcx"))
+            stem = name.replace(":", "_")
+            files = tuple(os.path.join(tmp, f"{stem}.{ext}") for ext in ("onnx", "npz", "gcx"))
             child("prepare", (files[0], files[1], name), args.threads)
             ours, theirs, loaded = [], [], []
             for _ in range(args.repeat):
