@@ -309,7 +309,7 @@ class Model:
     def __init__(self, facts: Facts, devset: DeviceSet):
         self.f = facts
         self.devset = devset
-        self._times: dict[str, np.ndarray] = {}
+        self._times: dict[str, tuple[dict, np.ndarray]] = {}
         n = facts.n
         self.preds: list[set[int]] = [set() for _ in range(n)]
         self.succs: list[set[int]] = [set() for _ in range(n)]
@@ -322,12 +322,15 @@ class Model:
         self._tables: RangeTables | None = None
 
     def times(self, device: Device) -> np.ndarray:
+        # a measured calibration's per-kernel table is keyed by identity (the entry keeps it alive, so the id is
+        # not reused): spelling out hundreds of ratios on every call cost a fifth of ResNet-50's compile
         key = repr((device.peak_flops, device.memory_bandwidth, device.scale, device.launch_overhead_s,
-                    sorted(device.kernel_scales.items())))
-        t = self._times.get(key)
-        if t is None:
-            t = self._times[key] = np.array([kernel_time(k, device) for k in self.f.kernels])
-        return t
+                    id(device.kernel_scales)))
+        hit = self._times.get(key)
+        if hit is None:
+            hit = self._times[key] = (device.kernel_scales,
+                                      np.array([kernel_time(k, device) for k in self.f.kernels]))
+        return hit[1]
 
     @property
     def tables(self) -> RangeTables:
@@ -358,10 +361,11 @@ class Model:
         link of each (producer stage, reader stage) pair, weights counted once per stage reading them."""
         f = self.f
         stages = [StageEval(s, d.name, []) for s, d in enumerate(devices)]
+        times = [self.times(d) for d in devices]
         for i, s in enumerate(assign):
             st = stages[s]
             st.kernels.append(i)
-            st.compute_s += float(self.times(devices[s])[i])
+            st.compute_s += float(times[s][i])
             st.flops += f.kernels[i].flops
             st.live_bytes = max(st.live_bytes, int(f.live[i]))
         cuts, cut_bytes = [], 0
