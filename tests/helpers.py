@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -101,3 +105,17 @@ def lstm_model(hidden: int, batch: int, seq: int, direction: str, n_in: int = 24
              "h0": rng.standard_normal((dirs, batch, hidden)).astype(np.float32) * state_scale,
              "c0": rng.standard_normal((dirs, batch, hidden)).astype(np.float32) * state_scale}
     return model, feeds
+
+
+@contextlib.contextmanager
+def stopped(pid: int):
+    """The process ``pid`` stopped (SIGSTOP: alive, but answering nothing) for the block, continued after it
+    if it still exists: how the tests make a worker hang."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphc
 from graphc import zoo
 from graphc.errors import DeviceError, ExecutionError, GraphcError, OptionError
-from tests.helpers import mlp_model
+from tests.helpers import mlp_model, stopped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,17 +144,11 @@ def test_hung_actor_is_a_graphc_error_within_10s(ray, mlp_on_ray):
     exe = mlp_on_ray.executable
     mlp_on_ray.run({"x": _x(0)})
     victim = next(a for a in exe.actors if a.stage == 0)
-    os.kill(victim.pid, signal.SIGSTOP)
-    start = time.monotonic()
-    try:
+    with stopped(victim.pid):
+        start = time.monotonic()
         with pytest.raises(DeviceError, match=r"stage 0 \(replica 0\) on cpu:0.*stopped responding"):
             exe.run([_x(2)])
         assert time.monotonic() - start < 10
-    finally:
-        try:
-            os.kill(victim.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     assert _gone(victim.pid), "the hung actor was not killed"
 
 
@@ -240,7 +234,7 @@ def test_graphc_starts_ray_when_none_runs_and_leaves_nothing_at_exit(tmp_path):
     script.write_text(
         "import json, numpy as np, ray, graphc\n"
         "from graphc.runtime import ray_runner\n"
-        "from tests.helpers import mlp_model\n"
+        "from tests.helpers import mlp_model, stopped\n"
         "m = mlp_model(batch='N', features=8, hidden=8, classes=3)\n"
         "one = graphc.compile(m, target='reference')\n"
         "two = graphc.compile(m, target='reference', devices='cpu:0,cpu:1', runtime='ray', partition_stages=2)\n"
