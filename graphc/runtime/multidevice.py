@@ -34,8 +34,10 @@ a micro-batch has arrived: a run returns all its outputs or raises.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing as mp
 import os
+import selectors
 import sys
 import threading
 import time
@@ -43,7 +45,6 @@ import traceback
 import types
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
-import selectors
 from typing import Any, Sequence
 
 import numpy as np
@@ -306,8 +307,8 @@ class _Pool:
         self._waiter: _Waiter | None = None  # over every worker's pipe and sentinel, made at the first poll
         ctx = mp.get_context(exe.start_method)
         weight_blocks = [self._weights_block(st) for st in exe.split.stages]
-        routing = exe.stage_routing()
-        reporting = exe.reporting_stages()
+        routing = exe.stage_routing
+        reporting = exe.reporting_stages
         try:
             for r, group in enumerate(exe.groups):
                 # one pipe per (producer stage, reader stage) of this replica: a finished micro-batch's output
@@ -548,11 +549,12 @@ class MultiDeviceExecutable(PartitionedExecutable):
                 sizes[s] = max(sizes.get(s, 0), total)
         return sizes, inputs
 
+    @functools.cached_property
     def reporting_stages(self) -> set[int]:
         """The stages whose "done" the coordinator needs: those with a graph output, and those no other stage
         reads (the ends of the pipeline). When they have all finished a micro-batch every stage has (each
         other stage feeds one of them), so its ring slots may be reused."""
-        read = {src[1] for rt in self.stage_routing() for src in rt if src[0] == "stage"}
+        read = {src[1] for rt in self.stage_routing for src in rt if src[0] == "stage"}
         outputs = {src[1] for src in self.split.outputs.values() if src[0] == "stage"}
         return {st.index for st in self.split.stages if st.index not in read or st.index in outputs}
 
@@ -563,9 +565,9 @@ class MultiDeviceExecutable(PartitionedExecutable):
         pool.ensure_rings(self, sizes, input_bytes)
         depth, R = self.depth, len(self.groups)
         index_of = [{n: i for i, n in enumerate(st.outputs)} for st in self.split.stages]
-        graph_inputs_of = [[src[1] for src in rt if src[0] == "input"] for rt in self.stage_routing()]
-        fed = [s for s, rt in enumerate(self.stage_routing()) if needs_feed(rt)]
-        reporting = sorted(self.reporting_stages())
+        graph_inputs_of = [[src[1] for src in rt if src[0] == "input"] for rt in self.stage_routing]
+        fed = [s for s, rt in enumerate(self.stage_routing) if needs_feed(rt)]
+        reporting = sorted(self.reporting_stages)
         results: list[list | None] = [None] * len(batches)
         produced: dict[tuple[int, int], list] = {}     # (seq, reporting stage) -> output descriptors
         done_count = 0

@@ -20,6 +20,7 @@ A subclass implements ``start()``, ``close()`` and ``_stream(batches)``, keeps i
 from __future__ import annotations
 
 import abc
+import functools
 import graphlib
 import threading
 import weakref
@@ -188,6 +189,7 @@ class PartitionedExecutable(abc.ABC):
     def _stream(self, batches: list[list]) -> list[list]:
         """Push ``batches`` through the started workers; the outputs of each, in order."""
 
+    @functools.cached_property
     def stage_routing(self) -> list[list[tuple]]:
         """Where each stage's inputs come from, in the order of its graph's inputs: ``("input", graph input
         name)`` or ``("stage", producer stage, index among the producer's outputs)``."""
